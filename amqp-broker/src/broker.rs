@@ -1,0 +1,220 @@
+//! The embedding API: build, start, inspect and stop a broker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, User};
+use crate::connection;
+use crate::error::Error;
+use crate::vhost::Vhost;
+
+/// Builds a [`Broker`]; every setting has RabbitMQ's default.
+#[derive(Debug, Default)]
+pub struct BrokerBuilder {
+    config: Config,
+    users_set: bool,
+}
+
+impl BrokerBuilder {
+    /// The AMQP port; 0 picks a free one (read it back with [`Broker::port`]).
+    pub fn port(mut self, port: u16) -> Self {
+        self.config.port = port;
+        self
+    }
+
+    /// The address to listen on (default 127.0.0.1).
+    pub fn bind(mut self, addr: std::net::IpAddr) -> Self {
+        self.config.bind = addr;
+        self
+    }
+
+    /// Adds a user. The first call replaces the default guest/guest.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        if !self.users_set {
+            self.config.users.clear();
+            self.users_set = true;
+        }
+        self.config.users.push(User::new(name, password));
+        self
+    }
+
+    /// The heartbeat interval proposed to clients, in seconds (0: none).
+    pub fn heartbeat_secs(mut self, secs: u16) -> Self {
+        self.config.heartbeat_secs = secs;
+        self
+    }
+
+    /// The largest frame accepted and offered (at least 4096, as the spec requires).
+    pub fn frame_max_bytes(mut self, bytes: u32) -> Self {
+        self.config.frame_max_bytes = bytes.max(4096);
+        self
+    }
+
+    /// The largest message body accepted.
+    pub fn max_message_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_message_bytes = bytes;
+        self
+    }
+
+    /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self.users_set = true;
+        self
+    }
+
+    /// Binds the port and starts serving. Returns once the broker accepts connections.
+    pub async fn start(self) -> Result<Broker, Error> {
+        let addr = SocketAddr::new(self.config.bind, self.config.port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+        let local_addr = listener.local_addr()?;
+        let config = Arc::new(self.config);
+        let vhost = Vhost::new("/");
+        let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
+        let server = Server { config: config.clone(), vhost: vhost.clone(), signal: shutdown_rx };
+        let task = tokio::spawn(server.run(listener));
+        tracing::info!(%local_addr, "amqp-broker listening");
+        Ok(Broker { local_addr, config, vhost, signal: shutdown_tx, task: Some(task) })
+    }
+}
+
+/// What the accept loop and every connection watch for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Keep serving.
+    Run,
+    /// Close every open connection (320 CONNECTION_FORCED) but keep accepting new ones. The number
+    /// makes each kick a distinct value so that a second kick is seen too.
+    Kick(u64),
+    /// Close everything and stop accepting.
+    Shutdown,
+}
+
+/// A running broker. Dropping it stops the accept loop; [`Broker::shutdown`] also waits for
+/// connections to close.
+#[derive(Debug)]
+pub struct Broker {
+    local_addr: SocketAddr,
+    config: Arc<Config>,
+    vhost: Arc<Vhost>,
+    signal: watch::Sender<Signal>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Broker {
+    /// A builder with default settings.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The port the broker listens on (the real one when started with port 0).
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// A URL for the first configured user and the default vhost:
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    pub fn amqp_url(&self) -> String {
+        let (user, password) = self
+            .config
+            .users
+            .first()
+            .map(|u| (u.name.as_str(), u.password.as_str()))
+            .unwrap_or(("guest", "guest"));
+        format!("amqp://{user}:{password}@{}/%2f", self.local_addr)
+    }
+
+    /// Closes every client connection with 320 CONNECTION_FORCED, as `rabbitmqctl
+    /// close_all_connections` does; new connections are still accepted.
+    pub fn close_all_connections(&self) {
+        self.signal.send_modify(|s| {
+            let n = match *s {
+                Signal::Kick(n) => n + 1,
+                _ => 0,
+            };
+            *s = Signal::Kick(n);
+        });
+    }
+
+    /// Number of queues in the default vhost (for tests and metrics).
+    pub fn queue_count(&self) -> usize {
+        self.vhost.queue_count()
+    }
+
+    /// Stops accepting, closes every connection (320 CONNECTION_FORCED) and waits for them to end.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.signal.send_replace(Signal::Shutdown);
+        if let Some(task) = self.task.take() {
+            // The accept loop waits for its connections; a panic there is a bug, not a user error.
+            if let Err(e) = task.await {
+                tracing::error!("accept loop failed: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal.send_replace(Signal::Shutdown);
+    }
+}
+
+/// The accept loop: one task per connection, bounded by a semaphore.
+struct Server {
+    config: Arc<Config>,
+    vhost: Arc<Vhost>,
+    signal: watch::Receiver<Signal>,
+}
+
+impl Server {
+    async fn run(mut self, listener: TcpListener) {
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut connections = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
+            };
+            match accepted {
+                Ok((socket, peer)) => {
+                    let ctx = connection::Context {
+                        config: self.config.clone(),
+                        vhost: self.vhost.clone(),
+                        signal: self.signal.clone(),
+                    };
+                    connections.spawn(async move {
+                        connection::serve(socket, peer, ctx).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let drain = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+            tracing::warn!("connections did not close within 5 s; aborting them");
+            connections.abort_all();
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Broker settings, shared by the embedding API and the binary's command line.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+/// One user allowed to log in (PLAIN or AMQPLAIN).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// The login name.
+    pub name: String,
+    /// The password, compared in full.
+    pub password: String,
+}
+
+impl User {
+    /// A user from its name and password.
+    pub fn new(name: impl Into<String>, password: impl Into<String>) -> Self {
+        Self { name: name.into(), password: password.into() }
+    }
+}
+
+/// Everything the broker needs to know before it starts.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address the AMQP listener binds to.
+    pub bind: IpAddr,
+    /// AMQP port; 0 lets the OS pick one (see [`crate::Broker::port`]).
+    pub port: u16,
+    /// Users who may log in; guest/guest unless told otherwise.
+    pub users: Vec<User>,
+    /// Largest frame the broker accepts and offers in `connection.tune` (bytes, header included).
+    pub frame_max_bytes: u32,
+    /// Most channels per connection offered in `connection.tune`.
+    pub channel_max: u16,
+    /// Heartbeat interval the broker proposes; the client may lower it (0 turns heartbeats off).
+    pub heartbeat_secs: u16,
+    /// Largest message body accepted; bigger publishes are refused before their body is buffered.
+    pub max_message_bytes: u64,
+    /// Most connections served at once; further ones wait for a slot.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 5672,
+            users: vec![User::new("guest", "guest")],
+            frame_max_bytes: 131_072,
+            channel_max: 2047,
+            heartbeat_secs: 60,
+            max_message_bytes: 128 * 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Whether `name`/`password` is one of the configured users.
+    pub(crate) fn authenticate(&self, name: &str, password: &str) -> bool {
+        self.users.iter().any(|u| u.name == name && u.password == password)
+    }
+}

@@ -1,0 +1,31 @@
+//! A lightweight AMQP 0-9-1 broker that unmodified clients (lapin, pika, amqplib) use exactly as they
+//! use RabbitMQ: the same routing, the same acknowledgement semantics, the same error codes.
+//!
+//! Embed it in a test or an application:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), amqp_broker::Error> {
+//! let broker = amqp_broker::Broker::builder().port(0).start().await?;
+//! let url = broker.amqp_url(); // "amqp://guest:guest@127.0.0.1:PORT/%2f"
+//! # let _ = url;
+//! broker.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Data flows one way: socket → [`codec`] → connection task → channel state → exchange routing →
+//! queue → consumer delivery → socket. See `DESIGN.md` in the repository for the whole picture.
+
+mod broker;
+mod channel;
+pub mod codec;
+mod config;
+mod connection;
+mod error;
+mod exchange;
+mod message;
+mod queue;
+mod vhost;
+
+pub use broker::{Broker, BrokerBuilder};
+pub use config::{Config, User};
+pub use error::Error;

@@ -1,0 +1,96 @@
+//! `amqp-broker`: the bundled AMQP 0-9-1 broker as a foreground process.
+
+use std::net::IpAddr;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use amqp_broker::{Broker, Config, User};
+
+/// A lightweight AMQP 0-9-1 broker that speaks to unmodified RabbitMQ clients.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// AMQP port (0 picks a free one and logs it).
+    #[arg(long, default_value_t = 5672)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Directory for durable state (accepted for forward compatibility; persistence arrives with
+    /// the store).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// A user as NAME:PASSWORD; repeat for more. Replaces the default guest:guest.
+    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
+    users: Vec<User>,
+    /// Largest message body accepted, in bytes.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    max_message_bytes: u64,
+    /// Largest frame, in bytes, offered to clients.
+    #[arg(long, default_value_t = 131_072)]
+    frame_max: u32,
+    /// Heartbeat interval proposed to clients, in seconds (0: none).
+    #[arg(long, default_value_t = 60)]
+    heartbeat: u16,
+}
+
+fn parse_user(s: &str) -> Result<User, String> {
+    match s.split_once(':') {
+        Some((name, password)) if !name.is_empty() => Ok(User::new(name, password)),
+        _ => Err(format!("expected NAME:PASSWORD, got '{s}'")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = Config { bind: args.bind, port: args.port, ..Config::default() };
+    if !args.users.is_empty() {
+        config.users = args.users;
+    }
+    config.max_message_bytes = args.max_message_bytes;
+    config.frame_max_bytes = args.frame_max.max(4096);
+    config.heartbeat_secs = args.heartbeat;
+    if let Some(dir) = &args.data_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    }
+    let broker = Broker::builder().config(config).start().await?;
+    tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    broker.shutdown().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -71,15 +71,27 @@ impl BrokerBuilder {
     /// Binds the port and starts serving. Returns once the broker accepts connections.
     pub async fn start(self) -> Result<Broker, Error> {
         let addr = SocketAddr::new(self.config.bind, self.config.port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
         let local_addr = listener.local_addr()?;
         let config = Arc::new(self.config);
         let vhost = Vhost::new("/");
         let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
-        let server = Server { config: config.clone(), vhost: vhost.clone(), signal: shutdown_rx };
+        let server = Server {
+            config: config.clone(),
+            vhost: vhost.clone(),
+            signal: shutdown_rx,
+        };
         let task = tokio::spawn(server.run(listener));
         tracing::info!(%local_addr, "amqp-broker listening");
-        Ok(Broker { local_addr, config, vhost, signal: shutdown_tx, task: Some(task) })
+        Ok(Broker {
+            local_addr,
+            config,
+            vhost,
+            signal: shutdown_tx,
+            task: Some(task),
+        })
     }
 }
 
@@ -212,7 +224,10 @@ impl Server {
         }
         drop(listener);
         let drain = async { while connections.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("connections did not close within 5 s; aborting them");
             connections.abort_all();
         }

@@ -1,1 +1,904 @@
-//! (in progress)
+//! One channel's state and the methods that act on it: content assembly, consumers, unacked
+//! deliveries, prefetch, publisher confirms and transactions.
+//!
+//! A channel is owned by its connection's task, so nothing here is locked; what queues need to
+//! see (prefetch credit) is shared through [`Credit`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use amq_protocol::protocol::{
+    AMQPClass, BasicProperties, basic, channel, confirm, exchange, queue, tx,
+};
+use amq_protocol::types::ShortString;
+use bytes::BytesMut;
+
+use crate::codec::{FrameWriter, short};
+use crate::config::Config;
+use crate::error::{AmqpError, AmqpResult, reply};
+use crate::exchange::Destination;
+use crate::message::{Credit, Message, QueuedMessage};
+use crate::queue::{ConnId, Consumer, Delivery, Outbox, Queue};
+use crate::vhost::{ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
+
+/// What the channel handlers need from their connection.
+#[derive(Debug)]
+pub(crate) struct ConnIo<'a> {
+    /// The connection's id (exclusive queues, consumer identity).
+    pub conn: ConnId,
+    /// The vhost the connection opened.
+    pub vhost: &'a Vhost,
+    /// Broker settings (limits).
+    pub config: &'a Config,
+    /// The connection's output batch.
+    pub out: &'a mut FrameWriter,
+    /// Where queues send this connection's deliveries.
+    pub outbox: &'a Outbox,
+    /// Negotiated frame_max (for splitting bodies).
+    pub frame_max: u32,
+}
+
+/// A message being received: `basic.publish`, then a content header, then body frames.
+#[derive(Debug, Default)]
+enum Content {
+    #[default]
+    Idle,
+    /// `basic.publish` seen; the content header comes next.
+    Header(basic::Publish),
+    /// Header seen; body frames come until `remaining` is 0.
+    Body {
+        publish: basic::Publish,
+        properties: Box<BasicProperties>,
+        body: BytesMut,
+        remaining: u64,
+    },
+}
+
+/// A consumer on this channel.
+#[derive(Debug)]
+struct ChannelConsumer {
+    /// The queue it consumes from (`None` for direct reply-to).
+    queue: Option<Arc<Queue>>,
+    /// What the queue holds of it.
+    consumer: Arc<Consumer>,
+}
+
+/// A delivery waiting for its ack.
+#[derive(Debug)]
+struct Unacked {
+    /// The queue it came from; it goes back there on requeue.
+    queue: Arc<Queue>,
+    /// The message and its position.
+    entry: QueuedMessage,
+    /// The consumer whose credit it holds (`None` for `basic.get`).
+    consumer: Option<Arc<Consumer>>,
+}
+
+/// Work buffered by `tx.select` until `tx.commit`.
+#[derive(Debug, Default)]
+struct Transaction {
+    publishes: Vec<(basic::Publish, Arc<Message>)>,
+    settles: Vec<Settle>,
+}
+
+/// An ack, nack or reject.
+#[derive(Clone, Copy, Debug)]
+struct Settle {
+    delivery_tag: u64,
+    multiple: bool,
+    /// `None`: ack; `Some(requeue)`: nack or reject.
+    reject: Option<bool>,
+}
+
+/// An open channel.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    id: u16,
+    content: Content,
+    consumers: HashMap<ShortString, ChannelConsumer>,
+    unacked: BTreeMap<u64, Unacked>,
+    next_delivery_tag: u64,
+    /// Prefetch for consumers created from now on (`basic.qos`, `global = false`).
+    consumer_prefetch: u16,
+    /// Prefetch shared by all consumers on the channel (`basic.qos`, `global = true`).
+    channel_credit: Arc<Credit>,
+    /// In confirm mode: the sequence number of the last publish.
+    confirms: Option<u64>,
+    /// In tx mode: the buffered work.
+    tx: Option<Transaction>,
+    /// This channel's direct reply-to address, once it consumes `amq.rabbitmq.reply-to`.
+    reply_address: Option<String>,
+    /// The last queue declared here: an empty queue name in later methods means this one.
+    last_queue: Option<ShortString>,
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Self {
+        Self {
+            id,
+            content: Content::Idle,
+            consumers: HashMap::new(),
+            unacked: BTreeMap::new(),
+            next_delivery_tag: 1,
+            consumer_prefetch: 0,
+            channel_credit: Arc::new(Credit::new(0)),
+            confirms: None,
+            tx: None,
+            reply_address: None,
+            last_queue: None,
+        }
+    }
+
+    // ----- frames -----
+
+    /// Handles a method. An error closes the channel or the connection (the caller decides from
+    /// the code).
+    pub fn method(&mut self, io: &mut ConnIo<'_>, method: AMQPClass) -> AmqpResult {
+        if !matches!(self.content, Content::Idle) {
+            return Err(AmqpError::unexpected_frame(format_args!(
+                "expected content header for class 60, got non content header frame instead"
+            )));
+        }
+        match method {
+            AMQPClass::Channel(m) => self.channel_method(io, m),
+            AMQPClass::Exchange(m) => self.exchange_method(io, m),
+            AMQPClass::Queue(m) => self.queue_method(io, m),
+            AMQPClass::Basic(m) => self.basic_method(io, m),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                self.confirms.get_or_insert(0);
+                if !m.nowait {
+                    self.reply(
+                        io,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(m) => self.tx_method(io, m),
+            AMQPClass::Access(_) => {
+                use amq_protocol::protocol::access;
+                self.reply(
+                    io,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
+                Ok(())
+            }
+            other => Err(AmqpError::command_invalid(format_args!(
+                "method {}/{} is not allowed here",
+                other.get_amqp_class_id(),
+                other.get_amqp_method_id()
+            ))),
+        }
+    }
+
+    /// Handles a content header frame.
+    pub fn header(
+        &mut self,
+        io: &mut ConnIo<'_>,
+        class_id: u16,
+        body_size: u64,
+        properties: Box<BasicProperties>,
+    ) -> AmqpResult {
+        let Content::Header(publish) = std::mem::take(&mut self.content) else {
+            return Err(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            ));
+        };
+        if class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format_args!(
+                "expected content header for class 60, got one for class {class_id} instead"
+            )));
+        }
+        if body_size > io.config.max_message_bytes {
+            return Err(AmqpError::precondition_failed(format_args!(
+                "message size {body_size} is larger than configured max size {}",
+                io.config.max_message_bytes
+            ))
+            .on(60, 40));
+        }
+        if body_size == 0 {
+            return self.publish(io, publish, *properties, BytesMut::new());
+        }
+        let body = BytesMut::with_capacity(body_size.min(1 << 20) as usize);
+        self.content = Content::Body {
+            publish,
+            properties,
+            body,
+            remaining: body_size,
+        };
+        Ok(())
+    }
+
+    /// Handles a content body frame.
+    pub fn body(&mut self, io: &mut ConnIo<'_>, piece: &[u8]) -> AmqpResult {
+        let Content::Body {
+            remaining, body, ..
+        } = &mut self.content
+        else {
+            return Err(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            ));
+        };
+        let len = piece.len() as u64;
+        if len > *remaining {
+            return Err(AmqpError::frame_error(format_args!(
+                "received content body of size {len}, expected at most {remaining}"
+            )));
+        }
+        body.extend_from_slice(piece);
+        *remaining -= len;
+        if *remaining == 0 {
+            let Content::Body {
+                publish,
+                properties,
+                body,
+                ..
+            } = std::mem::take(&mut self.content)
+            else {
+                unreachable!("matched above");
+            };
+            return self.publish(io, publish, *properties, body);
+        }
+        Ok(())
+    }
+
+    fn reply(&self, io: &mut ConnIo<'_>, method: AMQPClass) {
+        io.out.method(self.id, &method);
+    }
+
+    // ----- channel -----
+
+    fn channel_method(&mut self, io: &mut ConnIo<'_>, m: channel::AMQPMethod) -> AmqpResult {
+        match m {
+            channel::AMQPMethod::Open(_) => {
+                Err(AmqpError::channel_error("second 'channel.open' seen"))
+            }
+            channel::AMQPMethod::Flow(f) if f.active => {
+                self.reply(
+                    io,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: true,
+                    })),
+                );
+                Ok(())
+            }
+            // RabbitMQ does not implement consumer flow control through channel.flow.
+            channel::AMQPMethod::Flow(_) => Err(AmqpError::not_implemented("active=false")),
+            channel::AMQPMethod::FlowOk(_) => Ok(()),
+            // close and close-ok are handled by the connection, which owns the channel table.
+            _ => Err(AmqpError::command_invalid("unexpected channel method")),
+        }
+    }
+
+    // ----- exchange -----
+
+    fn exchange_method(&mut self, io: &mut ConnIo<'_>, m: exchange::AMQPMethod) -> AmqpResult {
+        use exchange::AMQPMethod as M;
+        match m {
+            M::Declare(d) => {
+                let flags = ExchangeFlags {
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                };
+                io.vhost.declare_exchange(
+                    &d.exchange,
+                    d.kind.as_str(),
+                    d.passive,
+                    flags,
+                    &d.arguments,
+                )?;
+                if !d.nowait {
+                    self.reply(
+                        io,
+                        AMQPClass::Exchange(M::DeclareOk(exchange::DeclareOk {})),
+                    );
+                }
+            }
+            M::Delete(d) => {
+                io.vhost.delete_exchange(&d.exchange, d.if_unused)?;
+                if !d.nowait {
+                    self.reply(io, AMQPClass::Exchange(M::DeleteOk(exchange::DeleteOk {})));
+                }
+            }
+            M::Bind(b) => {
+                let dest = Destination::Exchange(b.destination);
+                io.vhost.set_binding(
+                    true,
+                    &b.source,
+                    dest,
+                    &b.routing_key,
+                    &b.arguments,
+                    io.conn,
+                )?;
+                if !b.nowait {
+                    self.reply(io, AMQPClass::Exchange(M::BindOk(exchange::BindOk {})));
+                }
+            }
+            M::Unbind(b) => {
+                let dest = Destination::Exchange(b.destination);
+                io.vhost.set_binding(
+                    false,
+                    &b.source,
+                    dest,
+                    &b.routing_key,
+                    &b.arguments,
+                    io.conn,
+                )?;
+                if !b.nowait {
+                    self.reply(io, AMQPClass::Exchange(M::UnbindOk(exchange::UnbindOk {})));
+                }
+            }
+            _ => return Err(AmqpError::command_invalid("unexpected exchange method")),
+        }
+        Ok(())
+    }
+
+    // ----- queue -----
+
+    /// An empty queue name means the last queue declared on this channel.
+    fn queue_name(&self, name: ShortString) -> AmqpResult<ShortString> {
+        if !name.as_str().is_empty() {
+            return Ok(name);
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    fn queue_method(&mut self, io: &mut ConnIo<'_>, m: queue::AMQPMethod) -> AmqpResult {
+        use queue::AMQPMethod as M;
+        match m {
+            M::Declare(d) => {
+                let name = if d.passive {
+                    self.queue_name(d.queue)?
+                } else {
+                    d.queue
+                };
+                let flags = QueueFlags {
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                };
+                let (q, counts) =
+                    io.vhost
+                        .declare_queue(&name, d.passive, flags, &d.arguments, io.conn)?;
+                self.last_queue = Some(q.name.clone());
+                if !d.nowait {
+                    self.reply(
+                        io,
+                        AMQPClass::Queue(M::DeclareOk(queue::DeclareOk {
+                            queue: q.name.clone(),
+                            message_count: counts.messages,
+                            consumer_count: counts.consumers,
+                        })),
+                    );
+                }
+            }
+            M::Bind(b) => {
+                let dest = Destination::Queue(self.queue_name(b.queue)?);
+                io.vhost.set_binding(
+                    true,
+                    &b.exchange,
+                    dest,
+                    &b.routing_key,
+                    &b.arguments,
+                    io.conn,
+                )?;
+                if !b.nowait {
+                    self.reply(io, AMQPClass::Queue(M::BindOk(queue::BindOk {})));
+                }
+            }
+            M::Unbind(b) => {
+                let dest = Destination::Queue(self.queue_name(b.queue)?);
+                io.vhost.set_binding(
+                    false,
+                    &b.exchange,
+                    dest,
+                    &b.routing_key,
+                    &b.arguments,
+                    io.conn,
+                )?;
+                self.reply(io, AMQPClass::Queue(M::UnbindOk(queue::UnbindOk {})));
+            }
+            M::Purge(p) => {
+                let q = io.vhost.queue(&self.queue_name(p.queue)?, io.conn)?;
+                let message_count = q.purge();
+                if !p.nowait {
+                    self.reply(
+                        io,
+                        AMQPClass::Queue(M::PurgeOk(queue::PurgeOk { message_count })),
+                    );
+                }
+            }
+            M::Delete(d) => {
+                let name = self.queue_name(d.queue)?;
+                let message_count =
+                    io.vhost
+                        .delete_queue(&name, d.if_unused, d.if_empty, io.conn)?;
+                if !d.nowait {
+                    self.reply(
+                        io,
+                        AMQPClass::Queue(M::DeleteOk(queue::DeleteOk { message_count })),
+                    );
+                }
+            }
+            _ => return Err(AmqpError::command_invalid("unexpected queue method")),
+        }
+        Ok(())
+    }
+
+    // ----- basic -----
+
+    fn basic_method(&mut self, io: &mut ConnIo<'_>, m: basic::AMQPMethod) -> AmqpResult {
+        use basic::AMQPMethod as M;
+        match m {
+            M::Qos(q) => {
+                if q.global {
+                    self.channel_credit.set_limit(q.prefetch_count);
+                } else {
+                    self.consumer_prefetch = q.prefetch_count;
+                }
+                self.reply(io, AMQPClass::Basic(M::QosOk(basic::QosOk {})));
+                self.dispatch_all();
+            }
+            M::Consume(c) => self.consume(io, c)?,
+            M::Cancel(c) => {
+                self.cancel(io, &c.consumer_tag);
+                if !c.nowait {
+                    self.reply(
+                        io,
+                        AMQPClass::Basic(M::CancelOk(basic::CancelOk {
+                            consumer_tag: c.consumer_tag,
+                        })),
+                    );
+                }
+            }
+            M::Publish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                self.content = Content::Header(p);
+            }
+            M::Get(g) => self.get(io, g)?,
+            M::Ack(a) => {
+                self.settle(Settle {
+                    delivery_tag: a.delivery_tag,
+                    multiple: a.multiple,
+                    reject: None,
+                })?;
+            }
+            M::Nack(n) => {
+                self.settle(Settle {
+                    delivery_tag: n.delivery_tag,
+                    multiple: n.multiple,
+                    reject: Some(n.requeue),
+                })?;
+            }
+            M::Reject(r) => {
+                self.settle(Settle {
+                    delivery_tag: r.delivery_tag,
+                    multiple: false,
+                    reject: Some(r.requeue),
+                })?;
+            }
+            M::Recover(_) => {
+                self.requeue_all_unacked();
+                self.reply(io, AMQPClass::Basic(M::RecoverOk(basic::RecoverOk {})));
+            }
+            M::RecoverAsync(_) => self.requeue_all_unacked(),
+            _ => return Err(AmqpError::command_invalid("unexpected basic method")),
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, io: &mut ConnIo<'_>, c: basic::Consume) -> AmqpResult {
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            short(format!("amq.ctag-{}", crate::vhost::random_token()))
+        } else {
+            c.consumer_tag.clone()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::not_allowed(format_args!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let reply_to = c.queue.as_str() == REPLY_TO;
+        if reply_to && !c.no_ack {
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if reply_to && self.reply_address.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            conn: io.conn,
+            channel: self.id,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            credit: Credit::new(self.consumer_prefetch),
+            channel_credit: self.channel_credit.clone(),
+            outbox: io.outbox.clone(),
+        });
+        let queue = if reply_to {
+            self.reply_address = Some(io.vhost.register_reply_consumer(consumer.clone()));
+            None
+        } else {
+            Some(io.vhost.queue(&self.queue_name(c.queue)?, io.conn)?)
+        };
+        if let Some(q) = &queue {
+            q.add_consumer(consumer.clone(), &io.vhost.name)?;
+        }
+        // The queue may already have sent deliveries, but they reach the client after consume-ok:
+        // they arrive through this connection's outbox, which is read only after this returns.
+        if !c.nowait {
+            let ok = basic::ConsumeOk {
+                consumer_tag: tag.clone(),
+            };
+            self.reply(io, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)));
+        }
+        self.consumers
+            .insert(tag, ChannelConsumer { queue, consumer });
+        Ok(())
+    }
+
+    /// Removes a consumer (unknown tags are ignored, as in RabbitMQ); its unacked deliveries stay.
+    fn cancel(&mut self, io: &mut ConnIo<'_>, tag: &ShortString) {
+        let Some(cc) = self.consumers.remove(tag) else {
+            return;
+        };
+        match cc.queue {
+            Some(q) => {
+                if q.remove_consumer(io.conn, self.id, tag) {
+                    io.vhost.delete_unused_queue(&q);
+                }
+            }
+            None => {
+                if let Some(address) = self.reply_address.take() {
+                    io.vhost.unregister_reply_consumer(&address);
+                }
+            }
+        }
+    }
+
+    /// The consumer's queue was deleted: forget the consumer and tell the client.
+    pub fn cancelled_by_broker(&mut self, io: &mut ConnIo<'_>, tag: ShortString, notify: bool) {
+        if self.consumers.remove(&tag).is_some() && notify {
+            let cancel = basic::Cancel {
+                consumer_tag: tag,
+                nowait: true,
+            };
+            self.reply(io, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+        }
+    }
+
+    fn get(&mut self, io: &mut ConnIo<'_>, g: basic::Get) -> AmqpResult {
+        let q = io.vhost.queue(&self.queue_name(g.queue)?, io.conn)?;
+        let Some((entry, message_count)) = q.get(g.no_ack) else {
+            let empty = basic::GetEmpty {};
+            self.reply(io, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(empty)));
+            return Ok(());
+        };
+        let delivery_tag = self.next_tag();
+        let ok = basic::GetOk {
+            delivery_tag,
+            redelivered: entry.redelivered,
+            exchange: entry.msg.exchange.clone(),
+            routing_key: entry.msg.routing_key.clone(),
+            message_count,
+        };
+        self.reply(io, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)));
+        io.out.content(
+            self.id,
+            &entry.msg.properties,
+            &entry.msg.body,
+            io.frame_max,
+        );
+        if !g.no_ack {
+            self.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue: q,
+                    entry,
+                    consumer: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn next_tag(&mut self) -> u64 {
+        let tag = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        tag
+    }
+
+    /// Whether `consumer` is still subscribed on this channel.
+    pub fn has_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        self.consumers
+            .get(&consumer.tag)
+            .is_some_and(|cc| Arc::ptr_eq(&cc.consumer, consumer))
+    }
+
+    /// Writes a delivery from a queue (or a direct reply) to the client.
+    pub fn deliver(&mut self, io: &mut ConnIo<'_>, d: Delivery) {
+        let delivery_tag = self.next_tag();
+        let deliver = basic::Deliver {
+            consumer_tag: d.consumer.tag.clone(),
+            delivery_tag,
+            redelivered: d.entry.redelivered,
+            exchange: d.entry.msg.exchange.clone(),
+            routing_key: d.entry.msg.routing_key.clone(),
+        };
+        self.reply(io, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        io.out.content(
+            self.id,
+            &d.entry.msg.properties,
+            &d.entry.msg.body,
+            io.frame_max,
+        );
+        if let (false, Some(queue)) = (d.consumer.no_ack, d.queue) {
+            self.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue,
+                    entry: d.entry,
+                    consumer: Some(d.consumer),
+                },
+            );
+        }
+    }
+
+    // ----- acknowledgements -----
+
+    fn settle(&mut self, s: Settle) -> AmqpResult {
+        self.check_tag(s)?;
+        if let Some(tx) = &mut self.tx {
+            tx.settles.push(s);
+            return Ok(());
+        }
+        self.apply_settle(s);
+        Ok(())
+    }
+
+    /// 406 for a tag that is not unacked here, as RabbitMQ answers.
+    fn check_tag(&self, s: Settle) -> AmqpResult {
+        if (s.multiple && s.delivery_tag == 0) || self.unacked.contains_key(&s.delivery_tag) {
+            return Ok(());
+        }
+        Err(AmqpError::precondition_failed(format_args!(
+            "unknown delivery tag {}",
+            s.delivery_tag
+        )))
+    }
+
+    fn apply_settle(&mut self, s: Settle) {
+        let settled: Vec<Unacked> = if s.multiple {
+            let upto = if s.delivery_tag == 0 {
+                u64::MAX
+            } else {
+                s.delivery_tag
+            };
+            let rest = self.unacked.split_off(&upto.saturating_add(1));
+            std::mem::replace(&mut self.unacked, rest)
+                .into_values()
+                .collect()
+        } else {
+            self.unacked.remove(&s.delivery_tag).into_iter().collect()
+        };
+        match s.reject {
+            Some(true) => self.requeue(settled),
+            _ => {
+                // Acked, or rejected without requeue (dropped: dead-lettering comes with the
+                // queue features).
+                for u in &settled {
+                    u.queue.settle(&u.entry);
+                    if let Some(c) = &u.consumer {
+                        c.release();
+                    }
+                }
+                let mut queues: Vec<Arc<Queue>> = settled.into_iter().map(|u| u.queue).collect();
+                queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+                for q in queues {
+                    q.dispatch();
+                }
+                self.dispatch_all();
+            }
+        }
+    }
+
+    /// Gives deliveries back to their queues (in order, marked redelivered).
+    fn requeue(&mut self, settled: Vec<Unacked>) {
+        let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+        for u in settled {
+            if let Some(c) = &u.consumer {
+                c.release();
+            }
+            match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                Some((_, entries)) => entries.push(u.entry),
+                None => by_queue.push((u.queue, vec![u.entry])),
+            }
+        }
+        for (q, entries) in by_queue {
+            q.requeue(entries, true);
+        }
+        self.dispatch_all();
+    }
+
+    fn requeue_all_unacked(&mut self) {
+        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        self.requeue(all);
+    }
+
+    /// Lets every queue this channel consumes from deliver again (after credit was freed).
+    fn dispatch_all(&self) {
+        for cc in self.consumers.values() {
+            if let Some(q) = &cc.queue {
+                q.dispatch();
+            }
+        }
+    }
+
+    // ----- publishing -----
+
+    fn publish(
+        &mut self,
+        io: &mut ConnIo<'_>,
+        p: basic::Publish,
+        mut properties: BasicProperties,
+        body: BytesMut,
+    ) -> AmqpResult {
+        if properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == REPLY_TO)
+        {
+            let Some(address) = &self.reply_address else {
+                return Err(
+                    AmqpError::precondition_failed("fast reply consumer does not exist").on(60, 40),
+                );
+            };
+            properties = properties.with_reply_to(short(address.clone()));
+        }
+        let msg = Arc::new(Message {
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
+            properties,
+            body: body.freeze(),
+        });
+        if let Some(tx) = &mut self.tx {
+            // Check the exchange now, as RabbitMQ does; route at commit.
+            io.vhost
+                .route(&p.exchange, p.routing_key.as_str(), None)
+                .map_err(|e| e.on(60, 40))?;
+            tx.publishes.push((p, msg));
+            return Ok(());
+        }
+        self.route_and_enqueue(io, &p, msg)?;
+        if let Some(seq) = &mut self.confirms {
+            *seq += 1;
+            let ack = basic::Ack {
+                delivery_tag: *seq,
+                multiple: false,
+            };
+            io.out
+                .method(self.id, &AMQPClass::Basic(basic::AMQPMethod::Ack(ack)));
+        }
+        Ok(())
+    }
+
+    /// Routes a message and hands it to its queues; an unroutable mandatory message goes back to
+    /// the publisher with `basic.return`.
+    fn route_and_enqueue(
+        &mut self,
+        io: &mut ConnIo<'_>,
+        p: &basic::Publish,
+        msg: Arc<Message>,
+    ) -> AmqpResult {
+        let key = p.routing_key.as_str();
+        let routed = if p.exchange.as_str().is_empty() && key.starts_with(REPLY_TO) {
+            match io.vhost.reply_consumer(key) {
+                Some(consumer) => {
+                    let entry = QueuedMessage {
+                        seq: 0,
+                        redelivered: false,
+                        msg: msg.clone(),
+                    };
+                    let out = consumer.outbox.clone();
+                    out.send(crate::queue::Outbound::Deliver(Delivery {
+                        consumer,
+                        queue: None,
+                        entry,
+                    }))
+                    .is_ok()
+                }
+                None => false,
+            }
+        } else {
+            let route = io
+                .vhost
+                .route(&p.exchange, key, msg.properties.headers().as_ref())
+                .map_err(|e| e.on(60, 40))?;
+            let mut routed = false;
+            for q in &route.queues {
+                routed |= q.publish(msg.clone());
+            }
+            routed
+        };
+        if !routed && p.mandatory {
+            let ret = basic::Return {
+                reply_code: reply::NO_ROUTE,
+                reply_text: short("NO_ROUTE"),
+                exchange: p.exchange.clone(),
+                routing_key: p.routing_key.clone(),
+            };
+            io.out
+                .method(self.id, &AMQPClass::Basic(basic::AMQPMethod::Return(ret)));
+            io.out
+                .content(self.id, &msg.properties, &msg.body, io.frame_max);
+        }
+        Ok(())
+    }
+
+    // ----- transactions -----
+
+    fn tx_method(&mut self, io: &mut ConnIo<'_>, m: tx::AMQPMethod) -> AmqpResult {
+        use tx::AMQPMethod as M;
+        match m {
+            M::Select(_) => {
+                if self.confirms.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(Transaction::default);
+                self.reply(io, AMQPClass::Tx(M::SelectOk(tx::SelectOk {})));
+            }
+            M::Commit(_) => {
+                let Some(tx) = self.tx.replace(Transaction::default()) else {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                };
+                for (p, msg) in tx.publishes {
+                    self.route_and_enqueue(io, &p, msg)?;
+                }
+                for s in tx.settles {
+                    self.apply_settle(s);
+                }
+                self.reply(io, AMQPClass::Tx(M::CommitOk(tx::CommitOk {})));
+            }
+            M::Rollback(_) => {
+                if self.tx.replace(Transaction::default()).is_none() {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                }
+                self.reply(io, AMQPClass::Tx(M::RollbackOk(tx::RollbackOk {})));
+            }
+            _ => return Err(AmqpError::command_invalid("unexpected tx method")),
+        }
+        Ok(())
+    }
+
+    // ----- closing -----
+
+    /// Releases everything the channel holds: consumers are cancelled and unacked deliveries go
+    /// back to their queues. Called when the channel or its connection closes, for any reason.
+    pub fn close(&mut self, io: &mut ConnIo<'_>) {
+        let tags: Vec<ShortString> = self.consumers.keys().cloned().collect();
+        for tag in tags {
+            self.cancel(io, &tag);
+        }
+        self.content = Content::Idle;
+        self.tx = None;
+        self.requeue_all_unacked();
+    }
+}

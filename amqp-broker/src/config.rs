@@ -14,7 +14,10 @@ pub struct User {
 impl User {
     /// A user from its name and password.
     pub fn new(name: impl Into<String>, password: impl Into<String>) -> Self {
-        Self { name: name.into(), password: password.into() }
+        Self {
+            name: name.into(),
+            password: password.into(),
+        }
     }
 }
 
@@ -57,6 +60,8 @@ impl Default for Config {
 impl Config {
     /// Whether `name`/`password` is one of the configured users.
     pub(crate) fn authenticate(&self, name: &str, password: &str) -> bool {
-        self.users.iter().any(|u| u.name == name && u.password == password)
+        self.users
+            .iter()
+            .any(|u| u.name == name && u.password == password)
     }
 }

@@ -1,6 +1,724 @@
-//! (in progress)
-use std::{net::SocketAddr, sync::Arc};
-use tokio::{net::TcpStream, sync::watch};
-use crate::{broker::Signal, config::Config, vhost::Vhost};
-pub(crate) struct Context { pub config: Arc<Config>, pub vhost: Arc<Vhost>, pub signal: watch::Receiver<Signal> }
-pub(crate) async fn serve(socket: TcpStream, _peer: SocketAddr, ctx: Context) { let _ = (socket, ctx.config, ctx.vhost, ctx.signal); }
+//! One task per TCP connection: the handshake, then frames in, channel demultiplexing, deliveries
+//! out, heartbeats, and an orderly close with the right reply code when anything goes wrong.
+//!
+//! Reading and state live in this task; writing happens in a small companion task fed with whole
+//! batches, so a client that stops reading can never stop the broker from reading what it sends
+//! (and acting on its acks).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use amq_protocol::protocol::{AMQPClass, channel, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::broker::Signal;
+use crate::channel::{Channel, ConnIo};
+use crate::codec::{self, Frame, FrameWriter, PROTOCOL_HEADER, short};
+use crate::config::Config;
+use crate::error::AmqpError;
+use crate::queue::{ConnId, Outbound, Outbox};
+use crate::vhost::Vhost;
+
+/// Everything a connection needs from the broker.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub config: Arc<Config>,
+    pub vhost: Arc<Vhost>,
+    pub signal: watch::Receiver<Signal>,
+}
+
+/// How long a client has to complete the handshake, as RabbitMQ's default.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker waits for `close-ok` after sending `connection.close`.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many queued deliveries are written per batch before reading the socket again.
+const OUTBOUND_BATCH: usize = 256;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one client until it leaves, misbehaves, or the broker shuts down.
+pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
+    let _ = socket.set_nodelay(true);
+    let (rd, wr) = socket.into_split();
+    let (write_tx, write_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(wr, write_rx));
+    let mut reader = Reader {
+        rd,
+        buf: BytesMut::with_capacity(8192),
+    };
+    let mut out = FrameWriter::default();
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut reader, &mut out, &write_tx, &ctx.config),
+    )
+    .await;
+    flush(&mut out, &write_tx);
+    match handshake {
+        Ok(Ok(Some(tuned))) => {
+            let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, id, "connection open");
+            let (outbox, inbox) = mpsc::unbounded_channel();
+            let mut conn = Conn {
+                id,
+                ctx,
+                tuned,
+                out,
+                outbox,
+                channels: HashMap::new(),
+                closing_channels: HashSet::new(),
+                closing: None,
+                write_tx: write_tx.clone(),
+            };
+            conn.run(&mut reader, inbox).await;
+            conn.release_all();
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => {
+            // Answered already (close frame or protocol header); wait briefly for close-ok.
+            tracing::debug!(%peer, "handshake refused: {}", e.text);
+            let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, reader.wait_close_ok(0)).await;
+        }
+        Err(_) => tracing::debug!(%peer, "handshake timed out"),
+    }
+    drop(write_tx);
+    // Let the writer finish the last batch (close or close-ok), then the socket closes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(batch) = rx.recv().await {
+        if wr.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn flush(out: &mut FrameWriter, write_tx: &mpsc::UnboundedSender<Vec<u8>>) {
+    if !out.is_empty() {
+        let _ = write_tx.send(out.take());
+    }
+}
+
+/// The read half with its buffer.
+struct Reader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    /// The next frame; `Ok(None)` at a clean end of stream.
+    async fn frame(&mut self, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
+        loop {
+            if let Some(frame) = codec::decode(&mut self.buf, frame_max)? {
+                return Ok(Some(frame));
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until `connection.close-ok` (or anything that ends the conversation).
+    async fn wait_close_ok(&mut self, frame_max: u32) {
+        while let Ok(Some(frame)) = self.frame(frame_max).await {
+            if matches!(
+                frame,
+                Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
+            ) {
+                return;
+            }
+        }
+    }
+}
+
+/// What the handshake settled.
+#[derive(Debug)]
+struct Tuned {
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat_secs: u16,
+    /// The client wants `basic.cancel` when a queue it consumes from is deleted.
+    cancel_notify: bool,
+}
+
+/// Protocol header, start/start-ok (authentication), tune/tune-ok, open/open-ok.
+/// `Ok(None)`: the client went away or sent a wrong header (already answered).
+async fn handshake(
+    reader: &mut Reader,
+    out: &mut FrameWriter,
+    write_tx: &mpsc::UnboundedSender<Vec<u8>>,
+    config: &Config,
+) -> Result<Option<Tuned>, AmqpError> {
+    // The protocol header: answer anything else with ours and hang up, as the spec says.
+    while reader.buf.len() < PROTOCOL_HEADER.len() {
+        let n = reader.buf.len();
+        if reader.buf[..] != PROTOCOL_HEADER[..n] {
+            break;
+        }
+        match reader.rd.read_buf(&mut reader.buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+    if reader.buf.len() < 8 || reader.buf[..8] != PROTOCOL_HEADER[..] {
+        out.raw(PROTOCOL_HEADER);
+        return Ok(None);
+    }
+    let _ = reader.buf.split_to(8);
+
+    out.method(
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    );
+    flush(out, write_tx);
+
+    let Some(start_ok) = next_connection_method(reader, 0).await? else {
+        return Ok(None);
+    };
+    let connection::AMQPMethod::StartOk(start_ok) = start_ok else {
+        return Err(close_with(
+            out,
+            AmqpError::command_invalid("expected 'connection.start-ok'").on(10, 11),
+        ));
+    };
+    let caps = capabilities(&start_ok.client_properties);
+    let credentials = match start_ok.mechanism.as_str() {
+        "PLAIN" => parse_plain(start_ok.response.as_bytes()),
+        "AMQPLAIN" => parse_amqplain(start_ok.response.as_bytes()),
+        other => {
+            let e = AmqpError::command_invalid(format_args!(
+                "unknown authentication mechanism '{other}'"
+            ));
+            return Err(close_with(out, e.on(10, 11)));
+        }
+    };
+    let authenticated = credentials
+        .as_ref()
+        .is_some_and(|(user, pass)| config.authenticate(user, pass));
+    if !authenticated {
+        let e = AmqpError::access_refused(format_args!(
+            "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+            start_ok.mechanism
+        ));
+        if caps.contains("authentication_failure_close") {
+            return Err(close_with(out, e));
+        }
+        return Err(e); // Without the capability the spec's answer is to close the socket.
+    }
+
+    out.method(
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: config.channel_max,
+            frame_max: config.frame_max_bytes,
+            heartbeat: config.heartbeat_secs,
+        })),
+    );
+    flush(out, write_tx);
+
+    let Some(tune_ok) = next_connection_method(reader, 0).await? else {
+        return Ok(None);
+    };
+    let connection::AMQPMethod::TuneOk(tune_ok) = tune_ok else {
+        return Err(close_with(
+            out,
+            AmqpError::command_invalid("expected 'connection.tune-ok'").on(10, 31),
+        ));
+    };
+    let frame_max = if tune_ok.frame_max == 0 {
+        config.frame_max_bytes
+    } else {
+        tune_ok.frame_max
+    };
+    if frame_max > config.frame_max_bytes {
+        let e = AmqpError::not_allowed(format_args!(
+            "frame_max={frame_max} > {} max size",
+            config.frame_max_bytes
+        ));
+        return Err(close_with(out, e.on(10, 31)));
+    }
+    if frame_max < 4096 {
+        let e = AmqpError::not_allowed(format_args!("frame_max={frame_max} < 4096 min size"));
+        return Err(close_with(out, e.on(10, 31)));
+    }
+    let channel_max = match tune_ok.channel_max {
+        0 => config.channel_max,
+        n => n.min(config.channel_max),
+    };
+    let tuned = Tuned {
+        frame_max,
+        channel_max,
+        heartbeat_secs: tune_ok.heartbeat,
+        cancel_notify: caps.contains("consumer_cancel_notify"),
+    };
+
+    let Some(open) = next_connection_method(reader, frame_max).await? else {
+        return Ok(None);
+    };
+    let connection::AMQPMethod::Open(open) = open else {
+        return Err(close_with(
+            out,
+            AmqpError::command_invalid("expected 'connection.open'").on(10, 40),
+        ));
+    };
+    if open.virtual_host.as_str() != "/" {
+        let e = AmqpError::not_allowed(format_args!("vhost '{}' not found", open.virtual_host));
+        return Err(close_with(out, e.on(10, 40)));
+    }
+    out.method(
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    );
+    Ok(Some(tuned))
+}
+
+/// The next method on channel 0 during the handshake (heartbeats are skipped).
+async fn next_connection_method(
+    reader: &mut Reader,
+    frame_max: u32,
+) -> Result<Option<connection::AMQPMethod>, AmqpError> {
+    loop {
+        match reader.frame(frame_max).await? {
+            None => return Ok(None),
+            Some(Frame::Heartbeat(0)) => {}
+            Some(Frame::Method(0, AMQPClass::Connection(m))) => return Ok(Some(m)),
+            Some(_) => {
+                return Err(AmqpError::command_invalid(
+                    "expected a connection method during the handshake",
+                ));
+            }
+        }
+    }
+}
+
+/// Writes `connection.close` for `e` and returns it.
+fn close_with(out: &mut FrameWriter, e: AmqpError) -> AmqpError {
+    out.method(0, &close_method(&e));
+    e
+}
+
+fn close_method(e: &AmqpError) -> AMQPClass {
+    AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: e.code,
+        reply_text: short(e.text.clone()),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    }))
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "per_consumer_qos",
+        "authentication_failure_close",
+        "direct_reply_to",
+    ] {
+        caps.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    props.insert("product".into(), text("amqp-broker"));
+    props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
+    props.insert("platform".into(), text("Rust"));
+    props.insert(
+        "information".into(),
+        text("A lightweight AMQP 0-9-1 broker"),
+    );
+    props.insert("cluster_name".into(), text("amqp-broker"));
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    props
+}
+
+/// The capabilities a client announced as true.
+fn capabilities(client_properties: &FieldTable) -> HashSet<String> {
+    match client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => t
+            .inner()
+            .iter()
+            .filter(|(_, v)| matches!(v, AMQPValue::Boolean(true)))
+            .map(|(k, _)| k.to_string())
+            .collect(),
+        _ => HashSet::new(),
+    }
+}
+
+/// PLAIN: `[authzid] NUL user NUL password`.
+fn parse_plain(response: &[u8]) -> Option<(String, String)> {
+    let mut parts = response.split(|b| *b == 0);
+    let (_authzid, user, pass) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((
+        String::from_utf8(user.to_vec()).ok()?,
+        String::from_utf8(pass.to_vec()).ok()?,
+    ))
+}
+
+/// AMQPLAIN: a field table without its length prefix, with LOGIN and PASSWORD.
+fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
+    let mut framed = (response.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(response);
+    let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+    let field = |k: &str| match table.inner().get(k)? {
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    };
+    Some((field("LOGIN")?, field("PASSWORD")?))
+}
+
+/// An open connection.
+struct Conn {
+    id: ConnId,
+    ctx: Context,
+    tuned: Tuned,
+    out: FrameWriter,
+    /// Cloned into this connection's consumers; queues deliver through it.
+    outbox: Outbox,
+    channels: HashMap<u16, Channel>,
+    /// Channels the broker closed, waiting for the client's `close-ok` (frames on them are
+    /// dropped meanwhile).
+    closing_channels: HashSet<u16>,
+    /// Set once the broker sent `connection.close`: the deadline for the client's `close-ok`.
+    closing: Option<Instant>,
+    write_tx: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// Whether the connection goes on after a frame.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Conn {
+    async fn run(&mut self, reader: &mut Reader, mut inbox: mpsc::UnboundedReceiver<Outbound>) {
+        let heartbeat = Duration::from_secs(u64::from(self.tuned.heartbeat_secs));
+        let mut ticker = tokio::time::interval(if heartbeat.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            heartbeat
+        });
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut last_read = Instant::now();
+        let mut signal = self.ctx.signal.clone();
+        let seen_signal = *signal.borrow_and_update();
+        if seen_signal == Signal::Shutdown {
+            return;
+        }
+        loop {
+            flush(&mut self.out, &self.write_tx);
+            let deadline = self
+                .closing
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            tokio::select! {
+                read = reader.rd.read_buf(&mut reader.buf) => {
+                    match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => last_read = Instant::now(),
+                    }
+                    loop {
+                        match codec::decode(&mut reader.buf, self.tuned.frame_max) {
+                            Ok(Some(frame)) => {
+                                if let Next::Stop = self.frame(frame) {
+                                    flush(&mut self.out, &self.write_tx);
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.connection_error(e);
+                                // Nothing more can be parsed from this stream.
+                                reader.buf.clear();
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(first) = inbox.recv() => {
+                    self.outbound(first);
+                    for _ in 1..OUTBOUND_BATCH {
+                        match inbox.try_recv() {
+                            Ok(next) => self.outbound(next),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick(), if !heartbeat.is_zero() => {
+                    if last_read.elapsed() > heartbeat * 2 {
+                        tracing::info!(conn = self.id, "missed heartbeats from client, timeout: {}s", heartbeat.as_secs());
+                        return;
+                    }
+                    self.out.heartbeat();
+                }
+                changed = signal.changed() => {
+                    if changed.is_err() || *signal.borrow_and_update() != Signal::Run {
+                        if self.closing.is_none() {
+                            self.connection_error(AmqpError::connection_forced(
+                                "broker forced connection closure with reason 'shutdown'",
+                            ));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => return,
+            }
+        }
+    }
+
+    /// Sends `connection.close` and stops serving anything but `close-ok`.
+    fn connection_error(&mut self, e: AmqpError) {
+        if self.closing.is_some() {
+            return;
+        }
+        tracing::debug!(
+            conn = self.id,
+            code = e.code,
+            "closing connection: {}",
+            e.text
+        );
+        self.out.method(0, &close_method(&e));
+        self.closing = Some(Instant::now() + CLOSE_OK_TIMEOUT);
+        self.release_all();
+    }
+
+    fn io(&mut self) -> (ConnIo<'_>, &mut HashMap<u16, Channel>, &mut HashSet<u16>) {
+        (
+            ConnIo {
+                conn: self.id,
+                vhost: &self.ctx.vhost,
+                config: &self.ctx.config,
+                out: &mut self.out,
+                outbox: &self.outbox,
+                frame_max: self.tuned.frame_max,
+            },
+            &mut self.channels,
+            &mut self.closing_channels,
+        )
+    }
+
+    fn frame(&mut self, frame: Frame) -> Next {
+        if self.closing.is_some() {
+            // After connection.close only close-ok (or a crossing close) matters.
+            return match frame {
+                Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
+                    Next::Stop
+                }
+                Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                    self.out.method(
+                        0,
+                        &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    );
+                    Next::Stop
+                }
+                _ => Next::Continue,
+            };
+        }
+        let result = match frame {
+            Frame::Heartbeat(0) => Ok(Next::Continue),
+            Frame::Heartbeat(_) => Err(AmqpError::frame_error(
+                "heartbeat frame on a non-zero channel",
+            )),
+            Frame::Method(0, method) => self.connection_method(method),
+            Frame::Method(id, method) => self.channel_frame(id, ChannelFrame::Method(method)),
+            Frame::Header { channel: 0, .. } | Frame::Body(0, _) => {
+                Err(AmqpError::unexpected_frame("content frame on channel 0"))
+            }
+            Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+            } => self.channel_frame(
+                channel,
+                ChannelFrame::Header(class_id, body_size, properties),
+            ),
+            Frame::Body(channel, body) => self.channel_frame(channel, ChannelFrame::Body(body)),
+        };
+        match result {
+            Ok(next) => next,
+            Err(e) => {
+                self.connection_error(e);
+                Next::Continue
+            }
+        }
+    }
+
+    fn connection_method(&mut self, method: AMQPClass) -> Result<Next, AmqpError> {
+        let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        match method {
+            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                self.release_all();
+                self.out.method(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Ok(Next::Stop)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(Next::Stop),
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                Err(AmqpError::not_implemented("connection.update-secret").on(class_id, method_id))
+            }
+            AMQPClass::Connection(_) => Err(AmqpError::unexpected_frame(
+                "connection method out of order",
+            )
+            .on(class_id, method_id)),
+            _ => Err(AmqpError::command_invalid(
+                "only connection methods are allowed on channel 0",
+            )
+            .on(class_id, method_id)),
+        }
+    }
+
+    fn channel_frame(&mut self, id: u16, frame: ChannelFrame) -> Result<Next, AmqpError> {
+        let channel_max = self.tuned.channel_max;
+        let (mut io, channels, closing) = self.io();
+        if closing.contains(&id) {
+            // The broker closed this channel; drop everything until the client's close-ok.
+            if let ChannelFrame::Method(AMQPClass::Channel(m)) = &frame {
+                match m {
+                    channel::AMQPMethod::CloseOk(_) => {
+                        closing.remove(&id);
+                    }
+                    channel::AMQPMethod::Close(_) => {
+                        io.out.method(
+                            id,
+                            &AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(Next::Continue);
+        }
+        let Some(ch) = channels.get_mut(&id) else {
+            return match frame {
+                ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
+                    if id > channel_max {
+                        return Err(AmqpError::not_allowed(format_args!(
+                            "channel {id} is beyond the negotiated channel_max {channel_max}"
+                        ))
+                        .on(20, 10));
+                    }
+                    channels.insert(id, Channel::new(id));
+                    io.out.method(
+                        id,
+                        &AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                    );
+                    Ok(Next::Continue)
+                }
+                ChannelFrame::Method(m) => Err(AmqpError::channel_error("expected 'channel.open'")
+                    .on(m.get_amqp_class_id(), m.get_amqp_method_id())),
+                _ => Err(AmqpError::channel_error("expected 'channel.open'")),
+            };
+        };
+        let (result, ids) = match frame {
+            ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
+                let mut ch = channels.remove(&id).expect("looked up above");
+                ch.close(&mut io);
+                io.out.method(
+                    id,
+                    &AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                return Ok(Next::Continue);
+            }
+            ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
+                return Ok(Next::Continue);
+            }
+            ChannelFrame::Method(m) => {
+                let ids = (m.get_amqp_class_id(), m.get_amqp_method_id());
+                (ch.method(&mut io, m), Some(ids))
+            }
+            ChannelFrame::Header(class_id, body_size, properties) => {
+                (ch.header(&mut io, class_id, body_size, properties), None)
+            }
+            ChannelFrame::Body(body) => (ch.body(&mut io, &body), None),
+        };
+        let Err(mut e) = result else {
+            return Ok(Next::Continue);
+        };
+        if let (0, Some((c, m))) = (e.class_id, ids) {
+            e = e.on(c, m);
+        }
+        if e.is_connection_error() {
+            return Err(e);
+        }
+        let mut ch = channels.remove(&id).expect("looked up above");
+        ch.close(&mut io);
+        io.out.method(
+            id,
+            &AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: e.code,
+                reply_text: short(e.text),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        closing.insert(id);
+        Ok(Next::Continue)
+    }
+
+    /// Work from queues: deliveries and broker-side cancels.
+    fn outbound(&mut self, ob: Outbound) {
+        let notify = self.tuned.cancel_notify;
+        let closing = self.closing.is_some();
+        let (mut io, channels, _) = self.io();
+        match ob {
+            Outbound::Deliver(d) => match channels.get_mut(&d.consumer.channel) {
+                Some(ch) if !closing && ch.has_consumer(&d.consumer) => ch.deliver(&mut io, d),
+                _ => {
+                    // The consumer went away while the message was on its way: give it back.
+                    d.consumer.release();
+                    if let Some(q) = d.queue {
+                        q.return_undelivered(d.entry, !d.consumer.no_ack);
+                    }
+                }
+            },
+            Outbound::Cancel {
+                channel,
+                consumer_tag,
+            } => {
+                if let Some(ch) = channels.get_mut(&channel) {
+                    ch.cancelled_by_broker(&mut io, consumer_tag, notify);
+                }
+            }
+        }
+    }
+
+    /// Closes every channel (requeueing their unacked messages) and deletes exclusive queues.
+    fn release_all(&mut self) {
+        let (mut io, channels, _) = self.io();
+        for (_, mut ch) in channels.drain() {
+            ch.close(&mut io);
+        }
+        self.ctx.vhost.delete_exclusive_queues(self.id);
+    }
+}
+
+/// A frame for one channel.
+enum ChannelFrame {
+    Method(AMQPClass),
+    Header(u16, u64, Box<amq_protocol::protocol::BasicProperties>),
+    Body(bytes::Bytes),
+}

@@ -20,7 +20,6 @@ pub enum Error {
 
 /// AMQP 0-9-1 reply codes, as RabbitMQ uses them.
 pub(crate) mod reply {
-    pub const REPLY_SUCCESS: u16 = 200;
     pub const NO_ROUTE: u16 = 312;
     pub const ACCESS_REFUSED: u16 = 403;
     pub const NOT_FOUND: u16 = 404;
@@ -32,10 +31,8 @@ pub(crate) mod reply {
     pub const COMMAND_INVALID: u16 = 503;
     pub const CHANNEL_ERROR: u16 = 504;
     pub const UNEXPECTED_FRAME: u16 = 505;
-    pub const RESOURCE_ERROR: u16 = 506;
     pub const NOT_ALLOWED: u16 = 530;
     pub const NOT_IMPLEMENTED: u16 = 540;
-    pub const INTERNAL_ERROR: u16 = 541;
 }
 
 /// A protocol error found while handling a method: it closes the channel (soft codes) or the
@@ -63,7 +60,12 @@ impl AmqpError {
             }
             text.truncate(end);
         }
-        Self { code, text, class_id: 0, method_id: 0 }
+        Self {
+            code,
+            text,
+            class_id: 0,
+            method_id: 0,
+        }
     }
 
     /// Records which method failed (for the close frame).
@@ -115,17 +117,11 @@ impl AmqpError {
     pub fn unexpected_frame(detail: impl std::fmt::Display) -> Self {
         Self::new(reply::UNEXPECTED_FRAME, "UNEXPECTED_FRAME", detail)
     }
-    pub fn resource_error(detail: impl std::fmt::Display) -> Self {
-        Self::new(reply::RESOURCE_ERROR, "RESOURCE_ERROR", detail)
-    }
     pub fn not_allowed(detail: impl std::fmt::Display) -> Self {
         Self::new(reply::NOT_ALLOWED, "NOT_ALLOWED", detail)
     }
     pub fn not_implemented(detail: impl std::fmt::Display) -> Self {
         Self::new(reply::NOT_IMPLEMENTED, "NOT_IMPLEMENTED", detail)
-    }
-    pub fn internal_error(detail: impl std::fmt::Display) -> Self {
-        Self::new(reply::INTERNAL_ERROR, "INTERNAL_ERROR", detail)
     }
 }
 

@@ -17,7 +17,7 @@
 
 mod broker;
 mod channel;
-pub mod codec;
+mod codec;
 mod config;
 mod connection;
 mod error;

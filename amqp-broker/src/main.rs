@@ -47,12 +47,15 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
-    let mut config = Config { bind: args.bind, port: args.port, ..Config::default() };
+    let mut config = Config {
+        bind: args.bind,
+        port: args.port,
+        ..Config::default()
+    };
     if !args.users.is_empty() {
         config.users = args.users;
     }

@@ -1,1 +1,349 @@
-//! (in progress)
+//! A queue: ready messages in order, its consumers, and round-robin delivery within credit.
+//!
+//! Each queue is its own single-writer structure (one mutex, never held across an await and never
+//! while taking another lock), so a hot queue only ever contends with itself. Messages that are
+//! out with a consumer live in the consuming channel's unacked map, not here; the queue only
+//! counts them. A store that makes queues durable sits under [`Queue::publish`],
+//! [`Queue::settle`] and [`Queue::requeue`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use amq_protocol::types::{FieldTable, ShortString};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::message::{Credit, Message, QueuedMessage};
+
+/// Identifies a client connection (exclusive queues belong to one).
+pub(crate) type ConnId = u64;
+
+/// What queues and other connections send to a connection's task.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Deliver a message to a consumer.
+    Deliver(Delivery),
+    /// The consumer's queue is gone: tell the client with `basic.cancel`.
+    Cancel {
+        channel: u16,
+        consumer_tag: ShortString,
+    },
+}
+
+/// One message on its way to one consumer.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    /// The consumer it is for.
+    pub consumer: Arc<Consumer>,
+    /// The queue it came from (`None` for direct reply-to, which has no queue).
+    pub queue: Option<Arc<Queue>>,
+    /// The message and its place in the queue.
+    pub entry: QueuedMessage,
+}
+
+/// Where a connection's task receives [`Outbound`] work.
+pub(crate) type Outbox = mpsc::UnboundedSender<Outbound>;
+
+/// A consumer as its queue sees it.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    /// The consumer tag, unique within its channel.
+    pub tag: ShortString,
+    /// The connection it belongs to.
+    pub conn: ConnId,
+    /// The channel it was created on.
+    pub channel: u16,
+    /// Deliveries need no ack (and take no credit).
+    pub no_ack: bool,
+    /// No other consumer may share the queue.
+    pub exclusive: bool,
+    /// Per-consumer prefetch (`basic.qos` with `global = false`).
+    pub credit: Credit,
+    /// Per-channel prefetch (`basic.qos` with `global = true`), shared by the channel's consumers.
+    pub channel_credit: Arc<Credit>,
+    /// The owning connection's task.
+    pub outbox: Outbox,
+}
+
+impl Consumer {
+    /// Takes credit for one delivery from both windows, or from neither.
+    fn try_take(&self) -> bool {
+        if self.no_ack {
+            return true;
+        }
+        if !self.credit.try_take() {
+            return false;
+        }
+        if !self.channel_credit.try_take() {
+            self.credit.give_back();
+            return false;
+        }
+        true
+    }
+
+    /// Gives back the credit of one settled delivery.
+    pub fn release(&self) {
+        if !self.no_ack {
+            self.credit.give_back();
+            self.channel_credit.give_back();
+        }
+    }
+
+    /// Whether this is the given consumer.
+    fn is(&self, conn: ConnId, channel: u16, tag: &ShortString) -> bool {
+        self.conn == conn && self.channel == channel && &self.tag == tag
+    }
+}
+
+/// A queue's declared properties and its state.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    /// The queue's name.
+    pub name: ShortString,
+    /// Survives a restart (once the store exists).
+    pub durable: bool,
+    /// The connection that owns it, for exclusive queues.
+    pub exclusive_owner: Option<ConnId>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// `x-` arguments as declared (compared on redeclare).
+    pub arguments: FieldTable,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Messages waiting for a consumer, in `seq` order.
+    ready: VecDeque<QueuedMessage>,
+    /// The next message's position.
+    next_seq: u64,
+    /// Consumers in subscription order.
+    consumers: Vec<Arc<Consumer>>,
+    /// Where the next round-robin search starts.
+    next_consumer: usize,
+    /// Deliveries out with a consumer and not yet settled.
+    unacked: usize,
+    /// Whether any consumer ever subscribed (auto-delete waits for the first).
+    had_consumer: bool,
+    /// Set once deleted: late publishes and requeues are dropped, as in RabbitMQ.
+    deleted: bool,
+}
+
+/// Counts reported by `queue.declare-ok`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counts {
+    /// Ready messages.
+    pub messages: u32,
+    /// Consumers.
+    pub consumers: u32,
+}
+
+impl Queue {
+    pub fn new(
+        name: ShortString,
+        durable: bool,
+        exclusive_owner: Option<ConnId>,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            durable,
+            exclusive_owner,
+            auto_delete,
+            arguments,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Ready messages and consumers.
+    pub fn counts(&self) -> Counts {
+        let st = self.state.lock();
+        Counts {
+            messages: count(st.ready.len()),
+            consumers: count(st.consumers.len()),
+        }
+    }
+
+    /// Appends a routed message and delivers what credit allows. Returns whether the queue took
+    /// it (a deleted queue does not).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return false;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready.push_back(QueuedMessage {
+            seq,
+            redelivered: false,
+            msg,
+        });
+        self.dispatch_locked(&mut st);
+        true
+    }
+
+    /// Delivers ready messages to consumers with credit, round-robin.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        self.dispatch_locked(&mut st);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        while !st.ready.is_empty() && !st.consumers.is_empty() {
+            let n = st.consumers.len();
+            let start = st.next_consumer % n;
+            let Some(i) = (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| st.consumers[i].try_take())
+            else {
+                return;
+            };
+            st.next_consumer = i + 1;
+            let consumer = st.consumers[i].clone();
+            let entry = st.ready.pop_front().expect("checked non-empty");
+            if !consumer.no_ack {
+                st.unacked += 1;
+            }
+            let delivery = Delivery {
+                consumer: consumer.clone(),
+                queue: Some(self.clone()),
+                entry,
+            };
+            if let Err(mpsc::error::SendError(Outbound::Deliver(d))) =
+                consumer.outbox.send(Outbound::Deliver(delivery))
+            {
+                // The connection is gone; it will remove its consumers. Keep the message.
+                consumer.release();
+                if !consumer.no_ack {
+                    st.unacked -= 1;
+                }
+                st.ready.push_front(d.entry);
+                st.consumers.remove(i);
+            }
+        }
+    }
+
+    /// Takes the next ready message for `basic.get`; with `no_ack` it is settled at once.
+    /// Returns it with the number of messages still ready.
+    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        let mut st = self.state.lock();
+        let entry = st.ready.pop_front()?;
+        if !no_ack {
+            st.unacked += 1;
+        }
+        Some((entry, count(st.ready.len())))
+    }
+
+    /// A delivery was acknowledged (or rejected without requeue): it is gone for good.
+    pub fn settle(&self, _entry: &QueuedMessage) {
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(1);
+    }
+
+    /// Puts deliveries back in their original positions, marked redelivered, and delivers again.
+    /// `was_unacked` says whether they were counted as out with a consumer.
+    pub fn requeue(self: &Arc<Self>, entries: Vec<QueuedMessage>, was_unacked: bool) {
+        let mut st = self.state.lock();
+        if was_unacked {
+            st.unacked = st.unacked.saturating_sub(entries.len());
+        }
+        if st.deleted {
+            return;
+        }
+        for mut entry in entries {
+            entry.redelivered = true;
+            let at = st.ready.partition_point(|e| e.seq < entry.seq);
+            st.ready.insert(at, entry);
+        }
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Puts back a delivery that never reached its consumer (the channel closed first); its
+    /// redelivered flag stays as it was.
+    pub fn return_undelivered(self: &Arc<Self>, entry: QueuedMessage, was_unacked: bool) {
+        let mut st = self.state.lock();
+        if was_unacked {
+            st.unacked = st.unacked.saturating_sub(1);
+        }
+        if st.deleted {
+            return;
+        }
+        let at = st.ready.partition_point(|e| e.seq < entry.seq);
+        st.ready.insert(at, entry);
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Subscribes a consumer, enforcing exclusive consumers (403 as RabbitMQ answers).
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>, vhost: &str) -> AmqpResult {
+        let mut st = self.state.lock();
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !st.consumers.is_empty())
+        {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue '{}' in vhost '{vhost}' in exclusive use",
+                self.name
+            )));
+        }
+        st.consumers.push(consumer);
+        st.had_consumer = true;
+        self.dispatch_locked(&mut st);
+        Ok(())
+    }
+
+    /// Unsubscribes a consumer. Returns true when an auto-delete queue just lost its last one and
+    /// must now be deleted.
+    pub fn remove_consumer(&self, conn: ConnId, channel: u16, tag: &ShortString) -> bool {
+        let mut st = self.state.lock();
+        st.consumers.retain(|c| !c.is(conn, channel, tag));
+        self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+    }
+
+    /// Drops every ready message; returns how many.
+    pub fn purge(&self) -> u32 {
+        let mut st = self.state.lock();
+        let n = st.ready.len();
+        st.ready.clear();
+        count(n)
+    }
+
+    /// Checks `queue.delete`'s conditions (406 as RabbitMQ answers).
+    pub fn check_delete(&self, if_unused: bool, if_empty: bool, vhost: &str) -> AmqpResult {
+        let st = self.state.lock();
+        if if_unused && !st.consumers.is_empty() {
+            return Err(AmqpError::precondition_failed(format_args!(
+                "queue '{}' in vhost '{vhost}' in use",
+                self.name
+            )));
+        }
+        if if_empty && !st.ready.is_empty() {
+            return Err(AmqpError::precondition_failed(format_args!(
+                "queue '{}' in vhost '{vhost}' is not empty",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks the queue deleted, drops its messages and cancels its consumers (each is told with
+    /// `basic.cancel`). Returns the number of ready messages it had.
+    pub fn delete(&self) -> u32 {
+        let mut st = self.state.lock();
+        st.deleted = true;
+        let n = count(st.ready.len());
+        st.ready.clear();
+        for c in st.consumers.drain(..) {
+            let _ = c.outbox.send(Outbound::Cancel {
+                channel: c.channel,
+                consumer_tag: c.tag.clone(),
+            });
+        }
+        n
+    }
+}
+
+/// AMQP counts are 32-bit.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

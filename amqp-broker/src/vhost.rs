@@ -1,8 +1,539 @@
-//! (in progress)
+//! A virtual host: its exchanges, queues and bindings, and routing between them.
+//!
+//! The topology sits behind one read-write lock: publishes take it shared (to route), declarations
+//! take it exclusively. Queue contents are not behind it: each [`Queue`] has its own lock, always
+//! taken after (never while waiting for) the topology lock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::sync::Arc;
+
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::queue::{ConnId, Consumer, Counts, Queue};
+
+/// Exchanges every vhost has, as in RabbitMQ.
+const BUILT_IN_EXCHANGES: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// Queue arguments RabbitMQ compares when a queue is declared again (others are ignored).
+const EQUIVALENCE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-single-active-consumer",
+    "x-queue-type",
+];
+
+/// The prefix of direct reply-to pseudo-queues.
+pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Exchange flags from `exchange.declare`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExchangeFlags {
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+}
+
+/// Queue flags from `queue.declare`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueFlags {
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+}
+
+/// One virtual host.
 #[derive(Debug)]
-pub(crate) struct Vhost { pub name: String }
+pub(crate) struct Vhost {
+    /// The vhost's name (`/`).
+    pub name: String,
+    topology: RwLock<Topology>,
+    /// Direct reply-to consumers by their `amq.rabbitmq.reply-to.…` address.
+    reply_to: Mutex<HashMap<String, Arc<Consumer>>>,
+}
+
+#[derive(Debug, Default)]
+struct Topology {
+    exchanges: HashMap<ShortString, Exchange>,
+    queues: HashMap<ShortString, Arc<Queue>>,
+}
+
+/// Where a published message goes.
+#[derive(Debug, Default)]
+pub(crate) struct Route {
+    /// The queues it is routed to (each once).
+    pub queues: Vec<Arc<Queue>>,
+}
+
 impl Vhost {
-    pub fn new(name: &str) -> Arc<Self> { Arc::new(Self { name: name.into() }) }
-    pub fn queue_count(&self) -> usize { 0 }
+    pub fn new(name: &str) -> Arc<Self> {
+        let mut topology = Topology::default();
+        for (name, kind) in BUILT_IN_EXCHANGES {
+            let x = Exchange::new(
+                (*name).into(),
+                *kind,
+                true,
+                false,
+                false,
+                FieldTable::default(),
+            );
+            topology.exchanges.insert((*name).into(), x);
+        }
+        Arc::new(Self {
+            name: name.to_owned(),
+            topology: RwLock::new(topology),
+            reply_to: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Number of queues.
+    pub fn queue_count(&self) -> usize {
+        self.topology.read().queues.len()
+    }
+
+    // ----- exchanges -----
+
+    pub fn declare_exchange(
+        &self,
+        name: &ShortString,
+        kind: &str,
+        passive: bool,
+        flags: ExchangeFlags,
+        arguments: &FieldTable,
+    ) -> AmqpResult {
+        if name.as_str().is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let mut topo = self.topology.write();
+        if passive {
+            return topo.exchange(name, &self.name).map(|_| ());
+        }
+        let Some(kind) = ExchangeKind::parse(kind) else {
+            return Err(AmqpError::command_invalid(format_args!(
+                "unknown exchange type '{kind}'"
+            )));
+        };
+        if let Some(x) = topo.exchanges.get(name) {
+            let what = Resource::Exchange(name, &self.name);
+            inequivalent(what, "type", kind.as_str(), x.kind.as_str())?;
+            inequivalent(what, "durable", flags.durable, x.durable)?;
+            inequivalent(what, "auto_delete", flags.auto_delete, x.auto_delete)?;
+            inequivalent(what, "internal", flags.internal, x.internal)?;
+            let key = "alternate-exchange";
+            inequivalent(
+                what,
+                key,
+                Arg(arguments.inner().get(key)),
+                Arg(x.arguments.inner().get(key)),
+            )?;
+            return Ok(());
+        }
+        check_name("exchange", name)?;
+        let x = Exchange::new(
+            name.clone(),
+            kind,
+            flags.durable,
+            flags.auto_delete,
+            flags.internal,
+            arguments.clone(),
+        );
+        topo.exchanges.insert(name.clone(), x);
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> AmqpResult {
+        if name.as_str().is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.as_str().starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let mut topo = self.topology.write();
+        let Some(x) = topo.exchanges.get(name) else {
+            return Ok(()); // Deleting what is not there succeeds, as in RabbitMQ.
+        };
+        if if_unused && x.in_use() {
+            return Err(AmqpError::precondition_failed(format_args!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        topo.remove_exchange(name);
+        Ok(())
+    }
+
+    /// Binds (or with `bind = false` unbinds) a destination to a source exchange.
+    pub fn set_binding(
+        &self,
+        bind: bool,
+        source: &ShortString,
+        destination: Destination,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+        conn: ConnId,
+    ) -> AmqpResult {
+        let mut topo = self.topology.write();
+        match &destination {
+            Destination::Queue(q) => {
+                topo.queue(q, conn, &self.name)?;
+            }
+            Destination::Exchange(x) => {
+                if x.as_str().is_empty() {
+                    return Err(AmqpError::access_refused(
+                        "operation not permitted on the default exchange",
+                    ));
+                }
+                topo.exchange(x, &self.name)?;
+            }
+        }
+        if source.as_str().is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let x = topo.exchange_mut(source, &self.name)?;
+        let binding = Binding {
+            destination,
+            routing_key: routing_key.clone(),
+            arguments: arguments.clone(),
+        };
+        if bind {
+            x.bind(binding);
+        } else if x.unbind(&binding) && x.auto_delete && !x.in_use() {
+            topo.remove_exchange(source);
+        }
+        Ok(())
+    }
+
+    /// The destinations of a message published to `exchange`: 404 when it does not exist, 403
+    /// when it is internal.
+    pub fn route(
+        &self,
+        exchange: &ShortString,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> AmqpResult<Route> {
+        let topo = self.topology.read();
+        if exchange.as_str().is_empty() {
+            let queues = topo.queues.get(routing_key).cloned().into_iter().collect();
+            return Ok(Route { queues });
+        }
+        let x = topo.exchange(exchange, &self.name)?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format_args!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.name
+            )));
+        }
+        // Follow exchange-to-exchange bindings breadth-first, each exchange once.
+        let mut seen_exchanges = BTreeSet::from([exchange.clone()]);
+        let mut pending = vec![x];
+        let mut queue_names = BTreeSet::new();
+        while let Some(x) = pending.pop() {
+            let mut out = BTreeSet::new();
+            x.route(routing_key, headers, &mut out);
+            for d in out {
+                match d {
+                    Destination::Queue(q) => {
+                        queue_names.insert(q);
+                    }
+                    Destination::Exchange(e) => {
+                        if let Some(next) = topo.exchanges.get(&e) {
+                            if seen_exchanges.insert(e) {
+                                pending.push(next);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let queues = queue_names
+            .iter()
+            .filter_map(|q| topo.queues.get(q).cloned())
+            .collect();
+        Ok(Route { queues })
+    }
+
+    // ----- queues -----
+
+    /// Declares (or checks, when passive) a queue; returns its name (generated for an empty
+    /// one), the queue and its counts.
+    pub fn declare_queue(
+        &self,
+        name: &ShortString,
+        passive: bool,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+        conn: ConnId,
+    ) -> AmqpResult<(Arc<Queue>, Counts)> {
+        let mut topo = self.topology.write();
+        if passive {
+            let q = topo.queue(name, conn, &self.name)?;
+            return Ok((q.clone(), q.counts()));
+        }
+        let name = if name.as_str().is_empty() {
+            crate::codec::short(format!("amq.gen-{}", random_token()))
+        } else {
+            check_name("queue", name)?;
+            name.clone()
+        };
+        if let Some(q) = topo.queues.get(&name) {
+            let q = q.clone();
+            check_owner(&q, conn, &self.name)?;
+            if flags.exclusive && q.exclusive_owner.is_none() {
+                return Err(locked(&name, &self.name));
+            }
+            let what = Resource::Queue(&name, &self.name);
+            inequivalent(what, "durable", flags.durable, q.durable)?;
+            inequivalent(what, "auto_delete", flags.auto_delete, q.auto_delete)?;
+            for key in EQUIVALENCE_ARGS {
+                inequivalent(
+                    what,
+                    key,
+                    Arg(arguments.inner().get(*key)),
+                    Arg(q.arguments.inner().get(*key)),
+                )?;
+            }
+            let counts = q.counts();
+            return Ok((q, counts));
+        }
+        let owner = flags.exclusive.then_some(conn);
+        let q = Queue::new(
+            name.clone(),
+            flags.durable,
+            owner,
+            flags.auto_delete,
+            arguments.clone(),
+        );
+        topo.queues.insert(name, q.clone());
+        let counts = q.counts();
+        Ok((q, counts))
+    }
+
+    /// The queue named `name`, if this connection may use it (404, 405 otherwise).
+    pub fn queue(&self, name: &ShortString, conn: ConnId) -> AmqpResult<Arc<Queue>> {
+        self.topology.read().queue(name, conn, &self.name).cloned()
+    }
+
+    /// Deletes a queue after checking `if-unused` / `if-empty`; returns its message count.
+    /// A queue that does not exist is deleted already (0 messages), as in RabbitMQ.
+    pub fn delete_queue(
+        &self,
+        name: &ShortString,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnId,
+    ) -> AmqpResult<u32> {
+        let mut topo = self.topology.write();
+        let q = match topo.queue(name, conn, &self.name) {
+            Ok(q) => q.clone(),
+            Err(e) if e.code == crate::error::reply::NOT_FOUND => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        q.check_delete(if_unused, if_empty, &self.name)?;
+        Ok(topo.remove_queue(name))
+    }
+
+    /// Deletes an auto-delete queue that lost its last consumer.
+    pub fn delete_unused_queue(&self, q: &Arc<Queue>) {
+        let mut topo = self.topology.write();
+        if topo
+            .queues
+            .get(&q.name)
+            .is_some_and(|cur| Arc::ptr_eq(cur, q))
+        {
+            topo.remove_queue(&q.name);
+        }
+    }
+
+    /// Deletes the exclusive queues of a connection that closed.
+    pub fn delete_exclusive_queues(&self, conn: ConnId) {
+        let mut topo = self.topology.write();
+        let names: Vec<_> = topo
+            .queues
+            .values()
+            .filter(|q| q.exclusive_owner == Some(conn))
+            .map(|q| q.name.clone())
+            .collect();
+        for name in names {
+            topo.remove_queue(&name);
+        }
+    }
+
+    // ----- direct reply-to -----
+
+    /// Registers a direct reply-to consumer under a fresh address and returns the address.
+    pub fn register_reply_consumer(&self, consumer: Arc<Consumer>) -> String {
+        let address = format!("{REPLY_TO}.{}", random_token());
+        self.reply_to.lock().insert(address.clone(), consumer);
+        address
+    }
+
+    pub fn unregister_reply_consumer(&self, address: &str) {
+        self.reply_to.lock().remove(address);
+    }
+
+    /// The consumer behind a reply-to address, if it is still there.
+    pub fn reply_consumer(&self, address: &str) -> Option<Arc<Consumer>> {
+        self.reply_to.lock().get(address).cloned()
+    }
+}
+
+impl Topology {
+    fn exchange(&self, name: &ShortString, vhost: &str) -> AmqpResult<&Exchange> {
+        self.exchanges
+            .get(name)
+            .ok_or_else(|| no_exchange(name, vhost))
+    }
+
+    fn exchange_mut(&mut self, name: &ShortString, vhost: &str) -> AmqpResult<&mut Exchange> {
+        self.exchanges
+            .get_mut(name)
+            .ok_or_else(|| no_exchange(name, vhost))
+    }
+
+    fn queue(&self, name: &ShortString, conn: ConnId, vhost: &str) -> AmqpResult<&Arc<Queue>> {
+        let q = self.queues.get(name).ok_or_else(|| {
+            AmqpError::not_found(format_args!("no queue '{name}' in vhost '{vhost}'"))
+        })?;
+        check_owner(q, conn, vhost)?;
+        Ok(q)
+    }
+
+    /// Removes an exchange, its bindings as a destination, and auto-delete sources left unused.
+    fn remove_exchange(&mut self, name: &ShortString) {
+        self.exchanges.remove(name);
+        self.unbind_everywhere(&Destination::Exchange(name.clone()));
+    }
+
+    /// Removes a queue and its bindings; returns its message count.
+    fn remove_queue(&mut self, name: &ShortString) -> u32 {
+        let Some(q) = self.queues.remove(name) else {
+            return 0;
+        };
+        self.unbind_everywhere(&Destination::Queue(name.clone()));
+        q.delete()
+    }
+
+    fn unbind_everywhere(&mut self, destination: &Destination) {
+        let emptied: Vec<ShortString> = self
+            .exchanges
+            .values_mut()
+            .filter_map(|x| {
+                (x.unbind_destination(destination) && x.auto_delete && !x.in_use())
+                    .then(|| x.name.clone())
+            })
+            .collect();
+        for name in emptied {
+            self.remove_exchange(&name);
+        }
+    }
+}
+
+fn check_owner(q: &Queue, conn: ConnId, vhost: &str) -> AmqpResult {
+    match q.exclusive_owner {
+        Some(owner) if owner != conn => Err(locked(&q.name, vhost)),
+        _ => Ok(()),
+    }
+}
+
+fn locked(name: &ShortString, vhost: &str) -> AmqpError {
+    AmqpError::resource_locked(format_args!(
+        "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be \
+         originally declared on another connection or the exclusive property value does not match \
+         that of the original declaration."
+    ))
+}
+
+fn no_exchange(name: &ShortString, vhost: &str) -> AmqpError {
+    AmqpError::not_found(format_args!("no exchange '{name}' in vhost '{vhost}'"))
+}
+
+/// `amq.` names are reserved for the broker (403, as RabbitMQ answers).
+fn check_name(kind: &str, name: &ShortString) -> AmqpResult {
+    if name.as_str().starts_with("amq.") {
+        return Err(AmqpError::access_refused(format_args!(
+            "{kind} name '{name}' contains reserved prefix 'amq.*'"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Resource<'a> {
+    Exchange(&'a ShortString, &'a str),
+    Queue(&'a ShortString, &'a str),
+}
+
+impl fmt::Display for Resource<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Exchange(n, v) => write!(f, "exchange '{n}' in vhost '{v}'"),
+            Resource::Queue(n, v) => write!(f, "queue '{n}' in vhost '{v}'"),
+        }
+    }
+}
+
+/// 406 "inequivalent arg" when a redeclaration differs from what exists.
+fn inequivalent<T: PartialEq + fmt::Display>(
+    what: Resource<'_>,
+    arg: &str,
+    received: T,
+    current: T,
+) -> AmqpResult {
+    if received == current {
+        return Ok(());
+    }
+    Err(AmqpError::precondition_failed(format_args!(
+        "inequivalent arg '{arg}' for {what}: received '{received}' but current is '{current}'"
+    )))
+}
+
+/// An optional argument value, printed the way RabbitMQ's messages show it.
+#[derive(PartialEq)]
+struct Arg<'a>(Option<&'a AMQPValue>);
+
+impl fmt::Display for Arg<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("none"),
+            Some(AMQPValue::LongString(s)) => f.write_str(&String::from_utf8_lossy(s.as_bytes())),
+            Some(AMQPValue::ShortString(s)) => f.write_str(s.as_str()),
+            Some(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// 22 URL-safe random characters, as in RabbitMQ's generated names.
+pub(crate) fn random_token() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    (0..22)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }

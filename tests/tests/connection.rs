@@ -295,7 +295,7 @@ async fn channel_error_is_isolated(b: TestBroker) {
         .await
         .expect("channel");
     let (_conn2, elsewhere) = open(&b).await;
-    let q = fresh_queue(&good, "conn.iso").await;
+    let q = common::shared_queue(&good, "conn.iso").await;
 
     let mut errors = Errors::watch(&conn);
     let res = within(
@@ -332,6 +332,7 @@ async fn channel_error_is_isolated(b: TestBroker) {
         .await
         .expect("channel");
     fresh_queue(&again, "conn.iso2").await;
+    common::delete_queue(&good, &q).await;
 }
 
 conformance!(

@@ -103,20 +103,46 @@ pub async fn open(b: &tests::TestBroker) -> (Connection, Channel) {
     (conn, ch)
 }
 
-/// Declares a non-durable, auto-delete-free queue with a unique name and returns its name.
+/// Declares an exclusive queue with a unique name (so it goes away with its connection) and
+/// returns its name.
 pub async fn fresh_queue(ch: &Channel, prefix: &str) -> String {
+    declare_queue(
+        ch,
+        prefix,
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Declares a plain (non-exclusive, non-durable) queue with a unique name, for tests that use it
+/// from several connections. Delete it at the end of the test.
+pub async fn shared_queue(ch: &Channel, prefix: &str) -> String {
+    declare_queue(ch, prefix, QueueDeclareOptions::default()).await
+}
+
+/// Declares a queue with a unique name and the given options and returns its name.
+pub async fn declare_queue(ch: &Channel, prefix: &str, options: QueueDeclareOptions) -> String {
     let name = tests::unique(prefix);
     within(
         "queue.declare",
-        ch.queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        ),
+        ch.queue_declare(name.as_str().into(), options, FieldTable::default()),
     )
     .await
     .expect("queue.declare");
     name
+}
+
+/// Deletes a queue (end-of-test cleanup).
+pub async fn delete_queue(ch: &Channel, queue: &str) {
+    within(
+        "queue.delete",
+        ch.queue_delete(queue.into(), Default::default()),
+    )
+    .await
+    .expect("queue.delete");
 }
 
 /// Publishes `body` (no confirm wait) with default properties.

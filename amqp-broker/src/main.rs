@@ -17,8 +17,8 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// Directory for durable state (accepted for forward compatibility; persistence arrives with
-    /// the store).
+    /// Directory for durable state. The on-disk store is not built yet: the directory is created,
+    /// but queues and messages live in memory only (a warning says so at start).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
     /// A user as NAME:PASSWORD; repeat for more. Replaces the default guest:guest.
@@ -65,6 +65,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        tracing::warn!(
+            "--data-dir {}: the on-disk store is not built yet; everything is kept in memory only",
+            dir.display()
+        );
     }
     let broker = Broker::builder().config(config).start().await?;
     tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::{AmqpError, AmqpResult, reply};
 use crate::exchange::Destination;
 use crate::message::{Credit, Message, QueuedMessage};
-use crate::queue::{ConnId, Consumer, Delivery, Outbox, Queue};
+use crate::queue::{ConnId, Consumer, Delivery, Enqueued, Outbox, Queue};
 use crate::vhost::{ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
 
 /// What the channel handlers need from their connection.
@@ -781,28 +781,37 @@ impl Channel {
             tx.publishes.push((p, msg));
             return Ok(());
         }
-        self.route_and_enqueue(io, &p, msg)?;
+        let accepted = self.route_and_enqueue(io, &p, msg)?;
         if let Some(seq) = &mut self.confirms {
             *seq += 1;
-            let ack = basic::Ack {
-                delivery_tag: *seq,
-                multiple: false,
+            let (delivery_tag, multiple) = (*seq, false);
+            let confirm = if accepted {
+                basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag,
+                    multiple,
+                })
+            } else {
+                basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag,
+                    multiple,
+                    requeue: false,
+                })
             };
-            io.out
-                .method(self.id, &AMQPClass::Basic(basic::AMQPMethod::Ack(ack)));
+            io.out.method(self.id, &AMQPClass::Basic(confirm));
         }
         Ok(())
     }
 
     /// Routes a message and hands it to its queues; an unroutable mandatory message goes back to
-    /// the publisher with `basic.return`.
+    /// the publisher with `basic.return`. Returns false when a queue refused it (confirm nack).
     fn route_and_enqueue(
         &mut self,
         io: &mut ConnIo<'_>,
         p: &basic::Publish,
         msg: Arc<Message>,
-    ) -> AmqpResult {
+    ) -> AmqpResult<bool> {
         let key = p.routing_key.as_str();
+        let mut accepted = true;
         let routed = if p.exchange.as_str().is_empty() && key.starts_with(REPLY_TO) {
             match io.vhost.reply_consumer(key) {
                 Some(consumer) => {
@@ -828,7 +837,11 @@ impl Channel {
                 .map_err(|e| e.on(60, 40))?;
             let mut routed = false;
             for q in &route.queues {
-                routed |= q.publish(msg.clone());
+                match q.publish(msg.clone()) {
+                    Enqueued::Accepted => routed = true,
+                    Enqueued::Rejected => (routed, accepted) = (true, false),
+                    Enqueued::Gone => {}
+                }
             }
             routed
         };
@@ -844,7 +857,7 @@ impl Channel {
             io.out
                 .content(self.id, &msg.properties, &msg.body, io.frame_max);
         }
-        Ok(())
+        Ok(accepted)
     }
 
     // ----- transactions -----

@@ -101,7 +101,7 @@ fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         .on(class_id, method_id));
     }
     match amq_protocol::protocol::parse_class(payload) {
-        Ok((rest, class)) if rest.is_empty() => Ok(class),
+        Ok(([], class)) => Ok(class),
         _ => Err(AmqpError::syntax_error(format_args!(
             "malformed arguments for method {class_id}/{method_id}"
         ))
@@ -129,7 +129,7 @@ fn is_known_method(class_id: u16, method_id: u16) -> bool {
 
 fn decode_header(channel: u16, payload: &[u8]) -> Result<Frame, AmqpError> {
     match amq_protocol::frame::parsing::parse_content_header(payload) {
-        Ok((rest, h)) if rest.is_empty() => Ok(Frame::Header {
+        Ok(([], h)) => Ok(Frame::Header {
             channel,
             class_id: h.class_id,
             body_size: h.body_size,

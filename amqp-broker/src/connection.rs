@@ -471,13 +471,13 @@ impl Conn {
                     }
                     self.out.heartbeat();
                 }
-                changed = signal.changed() => {
+                // Once closing, the signal no longer matters (and a dropped sender would wake
+                // this branch in a loop).
+                changed = signal.changed(), if self.closing.is_none() => {
                     if changed.is_err() || *signal.borrow_and_update() != Signal::Run {
-                        if self.closing.is_none() {
-                            self.connection_error(AmqpError::connection_forced(
-                                "broker forced connection closure with reason 'shutdown'",
-                            ));
-                        }
+                        self.connection_error(AmqpError::connection_forced(
+                            "broker forced connection closure with reason 'shutdown'",
+                        ));
                     }
                 }
                 _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => return,

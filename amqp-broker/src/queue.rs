@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use amq_protocol::types::{FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -109,7 +109,85 @@ pub(crate) struct Queue {
     pub auto_delete: bool,
     /// `x-` arguments as declared (compared on redeclare).
     pub arguments: FieldTable,
+    /// Limits read from the arguments.
+    limits: Limits,
     state: Mutex<State>,
+}
+
+/// What `x-max-length` and `x-overflow` ask for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Most ready messages the queue holds.
+    pub max_length: Option<u64>,
+    /// What happens to a message that would exceed it.
+    pub overflow: Overflow,
+}
+
+/// `x-overflow`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    /// Drop the oldest ready message to make room (RabbitMQ's default).
+    #[default]
+    DropHead,
+    /// Refuse the new message: a publisher in confirm mode gets `basic.nack`.
+    RejectPublish,
+}
+
+impl Limits {
+    /// Reads and checks the limit arguments (406 for bad values, with RabbitMQ's wording).
+    pub fn from_arguments(args: &FieldTable, queue: &ShortString, vhost: &str) -> AmqpResult<Self> {
+        let invalid = |key: &str, why: &str| {
+            AmqpError::precondition_failed(format_args!(
+                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+            ))
+        };
+        let mut limits = Limits::default();
+        if let Some(v) = args.inner().get("x-max-length") {
+            let n = integer(v).ok_or_else(|| invalid("x-max-length", "{unacceptable_type}"))?;
+            limits.max_length =
+                Some(u64::try_from(n).map_err(|_| invalid("x-max-length", "{value_negative}"))?);
+        }
+        if let Some(v) = args.inner().get("x-overflow") {
+            limits.overflow = match text(v).as_deref() {
+                Some("drop-head") => Overflow::DropHead,
+                Some("reject-publish") => Overflow::RejectPublish,
+                _ => return Err(invalid("x-overflow", "{unacceptable_value}")),
+            };
+        }
+        Ok(limits)
+    }
+}
+
+fn integer(v: &AMQPValue) -> Option<i64> {
+    Some(match *v {
+        AMQPValue::ShortShortInt(n) => n.into(),
+        AMQPValue::ShortShortUInt(n) => n.into(),
+        AMQPValue::ShortInt(n) => n.into(),
+        AMQPValue::ShortUInt(n) => n.into(),
+        AMQPValue::LongInt(n) => n.into(),
+        AMQPValue::LongUInt(n) => n.into(),
+        AMQPValue::LongLongInt(n) => n,
+        _ => return None,
+    })
+}
+
+fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// What became of a message handed to a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// The queue holds it.
+    Accepted,
+    /// The queue refused it (full, `reject-publish`): the publisher is nacked.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +224,7 @@ impl Queue {
         exclusive_owner: Option<ConnId>,
         auto_delete: bool,
         arguments: FieldTable,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Self {
             name,
@@ -153,6 +232,7 @@ impl Queue {
             exclusive_owner,
             auto_delete,
             arguments,
+            limits,
             state: Mutex::new(State::default()),
         })
     }
@@ -166,12 +246,29 @@ impl Queue {
         }
     }
 
-    /// Appends a routed message and delivers what credit allows. Returns whether the queue took
-    /// it (a deleted queue does not).
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+    /// Appends a routed message (within `x-max-length`) and delivers what credit allows.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
         let mut st = self.state.lock();
         if st.deleted {
-            return false;
+            return Enqueued::Gone;
+        }
+        if let Some(max) = self.limits.max_length {
+            // The limit counts ready messages; a message that a consumer can take at once never
+            // waits, so deliver first.
+            self.dispatch_locked(&mut st);
+            if st.ready.len() as u64 >= max {
+                match self.limits.overflow {
+                    Overflow::RejectPublish => return Enqueued::Rejected,
+                    Overflow::DropHead => {
+                        if max == 0 {
+                            return Enqueued::Accepted; // Dropped at once, as RabbitMQ does.
+                        }
+                        while st.ready.len() as u64 >= max {
+                            st.ready.pop_front();
+                        }
+                    }
+                }
+            }
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -181,7 +278,7 @@ impl Queue {
             msg,
         });
         self.dispatch_locked(&mut st);
-        true
+        Enqueued::Accepted
     }
 
     /// Delivers ready messages to consumers with credit, round-robin.

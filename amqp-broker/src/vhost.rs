@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{ConnId, Consumer, Counts, Queue};
+use crate::queue::{ConnId, Consumer, Counts, Limits, Queue};
 
 /// Exchanges every vhost has, as in RabbitMQ.
 const BUILT_IN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -322,12 +322,14 @@ impl Vhost {
             return Ok((q, counts));
         }
         let owner = flags.exclusive.then_some(conn);
+        let limits = Limits::from_arguments(arguments, &name, &self.name)?;
         let q = Queue::new(
             name.clone(),
             flags.durable,
             owner,
             flags.auto_delete,
             arguments.clone(),
+            limits,
         );
         topo.queues.insert(name, q.clone());
         let counts = q.counts();

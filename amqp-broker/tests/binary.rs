@@ -10,12 +10,18 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Connects and reads the start of `connection.start` after sending the protocol header.
 fn speaks_amqp(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     if s.write_all(b"AMQP\x00\x00\x09\x01").is_err() {
         return false;
@@ -28,14 +34,23 @@ fn speaks_amqp(port: u16) -> bool {
 fn wait_until_serving(child: &mut Child, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !speaks_amqp(port) {
-        assert!(child.try_wait().unwrap().is_none(), "broker exited before serving");
-        assert!(Instant::now() < deadline, "broker did not serve AMQP on {port} within 10 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "broker exited before serving"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "broker did not serve AMQP on {port} within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -68,7 +83,12 @@ fn serves_amqp_and_exits_cleanly_on_sigterm() {
     sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(10));
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(status.success(), "exit status {status}, stderr:\n{stderr}");
     assert!(stderr.contains("listening"), "logs go to stderr:\n{stderr}");
     let _ = std::fs::remove_dir_all(dir);
@@ -78,16 +98,25 @@ fn serves_amqp_and_exits_cleanly_on_sigterm() {
 fn a_port_in_use_is_an_error_naming_the_port() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = Command::new(BIN).args(["--port", &port.to_string()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--port", &port.to_string()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&port.to_string()), "stderr names the port:\n{stderr}");
+    assert!(
+        stderr.contains(&port.to_string()),
+        "stderr names the port:\n{stderr}"
+    );
 }
 
 #[test]
 fn users_from_the_command_line_replace_guest() {
     // --user is parsed; a malformed one is refused with a message.
-    let out = Command::new(BIN).args(["--user", "no-colon"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--user", "no-colon"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME:PASSWORD"));
 }
@@ -97,7 +126,13 @@ fn help_describes_the_options() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--port", "--bind", "--data-dir", "--user", "--max-message-bytes"] {
+    for flag in [
+        "--port",
+        "--bind",
+        "--data-dir",
+        "--user",
+        "--max-message-bytes",
+    ] {
         assert!(help.contains(flag), "--help mentions {flag}:\n{help}");
     }
 }

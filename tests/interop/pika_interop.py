@@ -201,9 +201,18 @@ def wait_for_count(ch, queue, expected, timeout=WAIT_SECS):
 
 
 def check_connect(ctx):
-    """Connection handshake, server properties, a channel opens and closes."""
+    """Handshake; the capabilities pika relies on are advertised; channels open and close."""
     conn = ctx.connect()
     expect(conn.is_open, "connection is not open after the handshake")
+    # pika reads these from server-properties.capabilities in connection.start; without
+    # publisher_confirms *and* basic.nack, confirm_delivery() raises MethodNotImplemented.
+    for capability, supported in (
+        ("publisher_confirms", conn.publisher_confirms_supported),
+        ("basic.nack", conn.basic_nack_supported),
+        ("consumer_cancel_notify", conn.consumer_cancel_notify_supported),
+        ("exchange_exchange_bindings", conn.exchange_exchange_bindings_supported),
+    ):
+        expect(supported, f"server-properties.capabilities lacks {capability!r}: true")
     ch = conn.channel()
     expect(ch.is_open, "channel is not open")
     ch.close()

@@ -660,7 +660,14 @@ def check_error_wrong_password(ctx):
     try:
         ctx.connect(params)
     except (pex.ProbableAuthenticationError, pex.AuthenticationError) as e:
-        print(f"      ({type(e).__name__}: {e})")
+        # pika raises ProbableAuthenticationError for *any* close while in connection.start/start-ok
+        # (AuthenticationError only when no offered mechanism fits). pika announces the
+        # authentication_failure_close capability, so RabbitMQ sends connection.close 403 first
+        # instead of just dropping the socket; the reason travels inside the exception's text.
+        expect(
+            "403" in str(e) and "ACCESS_REFUSED" in str(e),
+            f"wrong password: expected connection.close 403 ACCESS_REFUSED, got {type(e).__name__}: {e}",
+        )
     except pex.AMQPConnectionError as e:
         raise CheckFailed(f"wrong password: expected an authentication error, got {type(e).__name__}: {e!r}")
     else:

@@ -144,7 +144,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// Declares a conformance test that runs on the bundled broker and on RabbitMQ.
 ///
-/// ```ignore
+/// ```text
 /// async fn direct_routing(b: TestBroker) { … }
 /// tests::conformance!(direct_routing);
 /// ```

@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Data flows one way: socket → [`codec`] → connection task → channel state → exchange routing →
+//! Data flows one way: socket → frame codec → connection task → channel state → exchange routing →
 //! queue → consumer delivery → socket. See `DESIGN.md` in the repository for the whole picture.
 
 mod broker;

@@ -85,7 +85,11 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
         Ok(Err(e)) => {
             // Answered already (close frame or protocol header); wait briefly for close-ok.
             tracing::debug!(%peer, "handshake refused: {}", e.text);
-            let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, reader.wait_close_ok(0)).await;
+            let _ = tokio::time::timeout(
+                CLOSE_OK_TIMEOUT,
+                reader.wait_close_ok(ctx.config.frame_max_bytes),
+            )
+            .await;
         }
         Err(_) => tracing::debug!(%peer, "handshake timed out"),
     }
@@ -153,7 +157,9 @@ struct Tuned {
 }
 
 /// Protocol header, start/start-ok (authentication), tune/tune-ok, open/open-ok.
-/// `Ok(None)`: the client went away or sent a wrong header (already answered).
+/// `Ok(None)`: the client went away, or is to be hung up on (a wrong header, already answered;
+/// failed authentication from a client that cannot take a close). `Err`: `connection.close` was
+/// written, and the client's close-ok is worth waiting for.
 async fn handshake(
     reader: &mut Reader,
     out: &mut FrameWriter,
@@ -189,7 +195,7 @@ async fn handshake(
     );
     flush(out, write_tx);
 
-    let Some(start_ok) = next_connection_method(reader, 0).await? else {
+    let Some(start_ok) = next_connection_method(reader, config.frame_max_bytes).await? else {
         return Ok(None);
     };
     let connection::AMQPMethod::StartOk(start_ok) = start_ok else {
@@ -220,7 +226,9 @@ async fn handshake(
         if caps.contains("authentication_failure_close") {
             return Err(close_with(out, e));
         }
-        return Err(e); // Without the capability the spec's answer is to close the socket.
+        // Without the capability the spec's answer is to close the socket.
+        tracing::info!("{}", e.text);
+        return Ok(None);
     }
 
     out.method(
@@ -233,7 +241,7 @@ async fn handshake(
     );
     flush(out, write_tx);
 
-    let Some(tune_ok) = next_connection_method(reader, 0).await? else {
+    let Some(tune_ok) = next_connection_method(reader, config.frame_max_bytes).await? else {
         return Ok(None);
     };
     let connection::AMQPMethod::TuneOk(tune_ok) = tune_ok else {

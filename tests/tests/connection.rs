@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Errors, assert_code, code, fresh_queue, get_eventually, open, publish, within};
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, ChannelFlowOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPClass, connection::AMQPMethod};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
@@ -30,7 +30,7 @@ async fn wrong_password_is_refused(b: TestBroker) {
     .await;
     // The server advertises `authentication_failure_close`, so lapin gets a connection.close
     // with ACCESS_REFUSED rather than a bare socket close.
-    let err = res.err().expect("a wrong password must be refused");
+    let err = res.expect_err("a wrong password must be refused");
     assert_eq!(
         common::reply_code(&err),
         Some(code::ACCESS_REFUSED),
@@ -47,7 +47,7 @@ async fn unknown_user_is_refused(b: TestBroker) {
         Connection::connect_uri(uri, ConnectionProperties::default()),
     )
     .await;
-    let err = res.err().expect("an unknown user must be refused");
+    let err = res.expect_err("an unknown user must be refused");
     assert_eq!(
         common::reply_code(&err),
         Some(code::ACCESS_REFUSED),
@@ -335,7 +335,44 @@ async fn channel_error_is_isolated(b: TestBroker) {
     common::delete_queue(&good, &q).await;
 }
 
+async fn channel_flow_active_is_acknowledged(b: TestBroker) {
+    let (_conn, ch) = open(&b).await;
+    let active = within(
+        "channel.flow",
+        ch.channel_flow(ChannelFlowOptions { active: true }),
+    )
+    .await
+    .expect("flow-ok");
+    assert!(active, "flow-ok echoes active=true");
+    // The channel keeps working.
+    let q = fresh_queue(&ch, "conn.flow").await;
+    publish(&ch, "", &q, b"flowing").await;
+    assert_eq!(get_eventually(&ch, &q).await, b"flowing");
+}
+
+/// RabbitMQ does not implement client-requested flow stop: channel.flow active=false is a
+/// connection error, 540 NOT_IMPLEMENTED.
+async fn channel_flow_inactive_is_540(b: TestBroker) {
+    let (conn, ch) = open(&b).await;
+    let mut errors = Errors::watch(&conn);
+    let res = within(
+        "channel.flow",
+        ch.channel_flow(ChannelFlowOptions { active: false }),
+    )
+    .await;
+    assert_code(res, code::NOT_IMPLEMENTED);
+    assert_eq!(errors.next_code().await, code::NOT_IMPLEMENTED);
+    within("connection to close", async {
+        while conn.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 conformance!(
+    channel_flow_active_is_acknowledged,
+    channel_flow_inactive_is_540,
     connect_with_guest,
     wrong_password_is_refused,
     unknown_user_is_refused,

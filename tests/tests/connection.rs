@@ -128,6 +128,55 @@ async fn server_properties_and_capabilities(b: TestBroker) {
     );
 }
 
+/// Encodes connection.start-ok with PLAIN guest/guest and an empty client-properties table.
+fn start_ok_frame() -> Vec<u8> {
+    let mut payload = vec![0, 10, 0, 11]; // connection.start-ok
+    payload.extend_from_slice(&0u32.to_be_bytes()); // client-properties: empty table
+    payload.push(5);
+    payload.extend_from_slice(b"PLAIN");
+    let response = b"\0guest\0guest";
+    payload.extend_from_slice(&(response.len() as u32).to_be_bytes());
+    payload.extend_from_slice(response);
+    payload.push(5);
+    payload.extend_from_slice(b"en_US");
+    let mut frame = vec![1, 0, 0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame
+}
+
+/// The server's connection.tune proposes RabbitMQ's defaults: 2047 channels, 128 KiB frames,
+/// a 60 s heartbeat; lapin accepts them.
+async fn tune_proposes_default_limits(b: TestBroker) {
+    let tune = within("connection.tune", async {
+        let mut sock = TcpStream::connect(b.addr()).await.expect("tcp connect");
+        sock.write_all(b"AMQP\x00\x00\x09\x01")
+            .await
+            .expect("protocol header");
+        let _start = read_frame(&mut sock).await;
+        sock.write_all(&start_ok_frame()).await.expect("start-ok");
+        let (kind, channel, payload) = read_frame(&mut sock).await;
+        assert_eq!((kind, channel), (1, 0));
+        match lapin::protocol::parse_class(&payload[..]) {
+            Ok((_, AMQPClass::Connection(AMQPMethod::Tune(tune)))) => tune,
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(
+        (tune.channel_max, tune.frame_max, tune.heartbeat),
+        (2047, 131_072, 60)
+    );
+
+    let conn = within("connect", b.connect()).await;
+    let c = conn.configuration();
+    assert_eq!(
+        (c.channel_max(), c.frame_max(), c.heartbeat()),
+        (2047, 131_072, 60)
+    );
+}
+
 /// A client speaking another protocol gets the server's protocol header back, then the socket is
 /// closed (RabbitMQ resets it, so either EOF or a reset counts).
 async fn bad_protocol_header_gets_supported_header(b: TestBroker) {
@@ -377,6 +426,7 @@ conformance!(
     wrong_password_is_refused,
     unknown_user_is_refused,
     server_properties_and_capabilities,
+    tune_proposes_default_limits,
     bad_protocol_header_gets_supported_header,
     client_closes_connection,
     server_closes_connection_on_hard_error,

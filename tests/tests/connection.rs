@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Errors, assert_code, code, fresh_queue, get_eventually, open, publish, within};
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, ChannelFlowOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPClass, connection::AMQPMethod};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
@@ -30,7 +30,7 @@ async fn wrong_password_is_refused(b: TestBroker) {
     .await;
     // The server advertises `authentication_failure_close`, so lapin gets a connection.close
     // with ACCESS_REFUSED rather than a bare socket close.
-    let err = res.err().expect("a wrong password must be refused");
+    let err = res.expect_err("a wrong password must be refused");
     assert_eq!(
         common::reply_code(&err),
         Some(code::ACCESS_REFUSED),
@@ -47,7 +47,7 @@ async fn unknown_user_is_refused(b: TestBroker) {
         Connection::connect_uri(uri, ConnectionProperties::default()),
     )
     .await;
-    let err = res.err().expect("an unknown user must be refused");
+    let err = res.expect_err("an unknown user must be refused");
     assert_eq!(
         common::reply_code(&err),
         Some(code::ACCESS_REFUSED),
@@ -125,6 +125,55 @@ async fn server_properties_and_capabilities(b: TestBroker) {
     assert!(
         locales.split_whitespace().any(|l| l == "en_US"),
         "locales: {locales}"
+    );
+}
+
+/// Encodes connection.start-ok with PLAIN guest/guest and an empty client-properties table.
+fn start_ok_frame() -> Vec<u8> {
+    let mut payload = vec![0, 10, 0, 11]; // connection.start-ok
+    payload.extend_from_slice(&0u32.to_be_bytes()); // client-properties: empty table
+    payload.push(5);
+    payload.extend_from_slice(b"PLAIN");
+    let response = b"\0guest\0guest";
+    payload.extend_from_slice(&(response.len() as u32).to_be_bytes());
+    payload.extend_from_slice(response);
+    payload.push(5);
+    payload.extend_from_slice(b"en_US");
+    let mut frame = vec![1, 0, 0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame
+}
+
+/// The server's connection.tune proposes RabbitMQ's defaults: 2047 channels, 128 KiB frames,
+/// a 60 s heartbeat; lapin accepts them.
+async fn tune_proposes_default_limits(b: TestBroker) {
+    let tune = within("connection.tune", async {
+        let mut sock = TcpStream::connect(b.addr()).await.expect("tcp connect");
+        sock.write_all(b"AMQP\x00\x00\x09\x01")
+            .await
+            .expect("protocol header");
+        let _start = read_frame(&mut sock).await;
+        sock.write_all(&start_ok_frame()).await.expect("start-ok");
+        let (kind, channel, payload) = read_frame(&mut sock).await;
+        assert_eq!((kind, channel), (1, 0));
+        match lapin::protocol::parse_class(&payload[..]) {
+            Ok((_, AMQPClass::Connection(AMQPMethod::Tune(tune)))) => tune,
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(
+        (tune.channel_max, tune.frame_max, tune.heartbeat),
+        (2047, 131_072, 60)
+    );
+
+    let conn = within("connect", b.connect()).await;
+    let c = conn.configuration();
+    assert_eq!(
+        (c.channel_max(), c.frame_max(), c.heartbeat()),
+        (2047, 131_072, 60)
     );
 }
 
@@ -335,11 +384,49 @@ async fn channel_error_is_isolated(b: TestBroker) {
     common::delete_queue(&good, &q).await;
 }
 
+async fn channel_flow_active_is_acknowledged(b: TestBroker) {
+    let (_conn, ch) = open(&b).await;
+    let active = within(
+        "channel.flow",
+        ch.channel_flow(ChannelFlowOptions { active: true }),
+    )
+    .await
+    .expect("flow-ok");
+    assert!(active, "flow-ok echoes active=true");
+    // The channel keeps working.
+    let q = fresh_queue(&ch, "conn.flow").await;
+    publish(&ch, "", &q, b"flowing").await;
+    assert_eq!(get_eventually(&ch, &q).await, b"flowing");
+}
+
+/// RabbitMQ does not implement client-requested flow stop: channel.flow active=false is a
+/// connection error, 540 NOT_IMPLEMENTED.
+async fn channel_flow_inactive_is_540(b: TestBroker) {
+    let (conn, ch) = open(&b).await;
+    let mut errors = Errors::watch(&conn);
+    let res = within(
+        "channel.flow",
+        ch.channel_flow(ChannelFlowOptions { active: false }),
+    )
+    .await;
+    assert_code(res, code::NOT_IMPLEMENTED);
+    assert_eq!(errors.next_code().await, code::NOT_IMPLEMENTED);
+    within("connection to close", async {
+        while conn.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 conformance!(
+    channel_flow_active_is_acknowledged,
+    channel_flow_inactive_is_540,
     connect_with_guest,
     wrong_password_is_refused,
     unknown_user_is_refused,
     server_properties_and_capabilities,
+    tune_proposes_default_limits,
     bad_protocol_header_gets_supported_header,
     client_closes_connection,
     server_closes_connection_on_hard_error,

@@ -289,6 +289,51 @@ async fn binding_to_default_exchange_is_403(b: TestBroker) {
     assert_code(res, code::ACCESS_REFUSED);
 }
 
+/// The default exchange cannot be declared (not even passively), deleted or bound to.
+async fn default_exchange_is_off_limits(b: TestBroker) {
+    let (conn, ch) = open(&b).await;
+    assert_code(
+        declare(
+            &ch,
+            "",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+        )
+        .await,
+        code::ACCESS_REFUSED,
+    );
+    let ch = conn.create_channel().await.expect("channel");
+    assert_code(
+        declare(&ch, "", ExchangeKind::Direct, passive()).await,
+        code::ACCESS_REFUSED,
+    );
+    let ch = conn.create_channel().await.expect("channel");
+    assert_code(
+        within(
+            "delete",
+            ch.exchange_delete("".into(), ExchangeDeleteOptions::default()),
+        )
+        .await,
+        code::ACCESS_REFUSED,
+    );
+}
+
+async fn deleting_predeclared_exchange_is_403(b: TestBroker) {
+    let (conn, ch) = open(&b).await;
+    assert_code(
+        within(
+            "delete",
+            ch.exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default()),
+        )
+        .await,
+        code::ACCESS_REFUSED,
+    );
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "amq.direct", ExchangeKind::Direct, passive())
+        .await
+        .expect("amq.direct still exists");
+}
+
 async fn delete_exchange(b: TestBroker) {
     let (_conn, ch) = open(&b).await;
     let name = new_exchange(&ch, "ex.del", ExchangeKind::Fanout).await;
@@ -772,6 +817,8 @@ conformance!(
     predeclared_exchanges_exist,
     default_exchange_routes_by_queue_name,
     binding_to_default_exchange_is_403,
+    default_exchange_is_off_limits,
+    deleting_predeclared_exchange_is_403,
     delete_exchange,
     delete_missing_exchange_is_ok,
     delete_if_unused_on_used_exchange_is_406,

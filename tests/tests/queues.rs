@@ -180,6 +180,46 @@ async fn redeclare_with_other_durability_is_406(b: TestBroker) {
     delete_queue(&ch2, &q).await;
 }
 
+/// RabbitMQ makes exclusive queues non-durable whatever the flag says, so redeclaring with the
+/// other durability is equivalent.
+async fn exclusive_queue_ignores_durable(b: TestBroker) {
+    let (_conn, ch) = open(&b).await;
+    let q = fresh_queue(&ch, "q.excl.dur").await;
+    declare(
+        &ch,
+        &q,
+        QueueDeclareOptions {
+            exclusive: true,
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("durable flag ignored for an exclusive queue");
+    let q2 = declare_queue(
+        &ch,
+        "q.excl.dur2",
+        QueueDeclareOptions {
+            exclusive: true,
+            durable: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    declare(
+        &ch,
+        &q2,
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("and the other way round");
+}
+
 async fn redeclare_with_other_auto_delete_is_406(b: TestBroker) {
     let (_conn, ch) = open(&b).await;
     let q = fresh_queue(&ch, "q.read").await;
@@ -655,12 +695,129 @@ async fn exclusive_declare_conflict_is_405(b: TestBroker) {
     assert!(queue_exists(&conn, &q).await);
 }
 
+/// An empty queue name in purge, bind, get, consume, unbind and delete means the queue most
+/// recently declared on the channel; an empty routing key in that bind means the queue's name.
+async fn empty_queue_name_means_last_declared(b: TestBroker) {
+    let (conn, ch) = open(&b).await;
+    let _older = fresh_queue(&ch, "q.current.old").await;
+    let q = fresh_queue(&ch, "q.current").await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    publish(&ch, "", &q, b"purged").await;
+    confirmed(&ch).await;
+    assert_eq!(
+        within(
+            "purge",
+            ch.queue_purge("".into(), QueuePurgeOptions::default())
+        )
+        .await
+        .expect("purge ''"),
+        1
+    );
+
+    within(
+        "bind",
+        ch.queue_bind(
+            "".into(),
+            "amq.direct".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("bind ''");
+    publish(&ch, "amq.direct", &q, b"via amq.direct").await;
+    confirmed(&ch).await;
+    let got = within(
+        "get",
+        ch.basic_get("".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("get ''")
+    .expect("a message");
+    assert_eq!(got.delivery.data, b"via amq.direct");
+    assert_eq!(
+        got.delivery.routing_key.as_str(),
+        q,
+        "the empty binding key became the queue name"
+    );
+
+    within(
+        "unbind",
+        ch.queue_unbind(
+            "".into(),
+            "amq.direct".into(),
+            "".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("unbind ''");
+    publish(&ch, "amq.direct", &q, b"unrouted").await;
+    confirmed(&ch).await;
+
+    let cch = conn.create_channel().await.expect("channel");
+    let _ = declare(&cch, &q, passive(), FieldTable::default())
+        .await
+        .expect("passive declare sets the current queue");
+    let mut c = consume(
+        &cch,
+        "",
+        "",
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    publish(&ch, "", &q, b"consumed").await;
+    assert_eq!(next(&mut c).await.data, b"consumed");
+
+    within(
+        "delete",
+        ch.queue_delete("".into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete ''");
+    assert!(!queue_exists(&conn, &q).await);
+}
+
+/// With no queue declared on the channel, an empty queue name is 404; passive declare of "" is
+/// not a shortcut at all.
+async fn empty_queue_name_without_current_queue_is_404(b: TestBroker) {
+    let (conn, ch) = open(&b).await;
+    assert_code(
+        within(
+            "purge",
+            ch.queue_purge("".into(), QueuePurgeOptions::default()),
+        )
+        .await,
+        code::NOT_FOUND,
+    );
+    let ch = conn.create_channel().await.expect("channel");
+    assert_code(
+        within("get", ch.basic_get("".into(), BasicGetOptions::default())).await,
+        code::NOT_FOUND,
+    );
+    let ch = conn.create_channel().await.expect("channel");
+    fresh_queue(&ch, "q.nocurrent").await;
+    assert_code(
+        declare(&ch, "", passive(), FieldTable::default()).await,
+        code::NOT_FOUND,
+    );
+}
+
 conformance!(
+    empty_queue_name_means_last_declared,
+    empty_queue_name_without_current_queue_is_404,
     declare_with_flags,
     server_named_queue,
     declare_ok_counts,
     passive_declare_of_missing_queue_is_404,
     redeclare_with_other_durability_is_406,
+    exclusive_queue_ignores_durable,
     redeclare_with_other_auto_delete_is_406,
     redeclare_with_other_arguments_is_406,
     amq_prefixed_queue_name_is_403,

@@ -208,6 +208,19 @@ pub async fn get_eventually(ch: &Channel, queue: &str) -> Vec<u8> {
     .await
 }
 
+/// Polls `basic.get` (manual ack) until a message arrives and returns the delivery.
+pub async fn get_eventually_delivery(ch: &Channel, queue: &str) -> Delivery {
+    within("a message in the queue", async {
+        loop {
+            if let Some(d) = get(ch, queue).await {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 /// Drains a queue with no-ack `basic.get`s after making sure earlier publishes on `ch` were
 /// processed (a round trip on the same channel orders after them), returning the bodies.
 pub async fn drain(ch: &Channel, queue: &str) -> Vec<Vec<u8>> {

@@ -36,6 +36,8 @@ pub(crate) struct ConnIo<'a> {
     pub outbox: &'a Outbox,
     /// Negotiated frame_max (for splitting bodies).
     pub frame_max: u32,
+    /// The authenticated user.
+    pub user: &'a str,
 }
 
 /// A message being received: `basic.publish`, then a content header, then body frames.
@@ -351,15 +353,40 @@ impl Channel {
             .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
+    /// With both the queue and the key empty, the key is the last declared queue's name.
+    fn binding_key(&self, queue: &ShortString, key: ShortString) -> ShortString {
+        match &self.last_queue {
+            Some(last) if queue.as_str().is_empty() && key.as_str().is_empty() => last.clone(),
+            _ => key,
+        }
+    }
+
     fn queue_method(&mut self, io: &mut ConnIo<'_>, m: queue::AMQPMethod) -> AmqpResult {
         use queue::AMQPMethod as M;
         match m {
+            M::Declare(d) if d.passive && is_reply_to(&d.queue) => {
+                // Direct reply-to pseudo-queues exist while their consumer does, with one
+                // consumer and no messages, as RabbitMQ reports them.
+                let live = d.queue.as_str() == REPLY_TO
+                    || io.vhost.reply_consumer(d.queue.as_str()).is_some();
+                if !live {
+                    return Err(AmqpError::not_found(format_args!(
+                        "no queue '{}' in vhost '{}'",
+                        d.queue, io.vhost.name
+                    )));
+                }
+                if !d.nowait {
+                    let ok = queue::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 1,
+                    };
+                    self.reply(io, AMQPClass::Queue(M::DeclareOk(ok)));
+                }
+            }
             M::Declare(d) => {
-                let name = if d.passive {
-                    self.queue_name(d.queue)?
-                } else {
-                    d.queue
-                };
+                // An empty name is no shortcut here: a passive declare of '' is a 404.
+                let name = d.queue;
                 let flags = QueueFlags {
                     durable: d.durable,
                     exclusive: d.exclusive,
@@ -381,29 +408,19 @@ impl Channel {
                 }
             }
             M::Bind(b) => {
+                let key = self.binding_key(&b.queue, b.routing_key);
                 let dest = Destination::Queue(self.queue_name(b.queue)?);
-                io.vhost.set_binding(
-                    true,
-                    &b.exchange,
-                    dest,
-                    &b.routing_key,
-                    &b.arguments,
-                    io.conn,
-                )?;
+                io.vhost
+                    .set_binding(true, &b.exchange, dest, &key, &b.arguments, io.conn)?;
                 if !b.nowait {
                     self.reply(io, AMQPClass::Queue(M::BindOk(queue::BindOk {})));
                 }
             }
             M::Unbind(b) => {
+                let key = self.binding_key(&b.queue, b.routing_key);
                 let dest = Destination::Queue(self.queue_name(b.queue)?);
-                io.vhost.set_binding(
-                    false,
-                    &b.exchange,
-                    dest,
-                    &b.routing_key,
-                    &b.arguments,
-                    io.conn,
-                )?;
+                io.vhost
+                    .set_binding(false, &b.exchange, dest, &key, &b.arguments, io.conn)?;
                 self.reply(io, AMQPClass::Queue(M::UnbindOk(queue::UnbindOk {})));
             }
             M::Purge(p) => {
@@ -486,6 +503,11 @@ impl Channel {
                     multiple: false,
                     reject: Some(r.requeue),
                 })?;
+            }
+            // RabbitMQ only implements recover with requeue.
+            M::Recover(basic::Recover { requeue: false })
+            | M::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
+                return Err(AmqpError::not_implemented("requeue=false"));
             }
             M::Recover(_) => {
                 self.requeue_all_unacked();
@@ -755,6 +777,15 @@ impl Channel {
         mut properties: BasicProperties,
         body: BytesMut,
     ) -> AmqpResult {
+        if let Some(claimed) = properties.user_id() {
+            if claimed.as_str() != io.user {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "user_id property set to '{claimed}' but authenticated user was '{}'",
+                    io.user
+                ))
+                .on(60, 40));
+            }
+        }
         if properties
             .reply_to()
             .as_ref()
@@ -914,4 +945,9 @@ impl Channel {
         self.tx = None;
         self.requeue_all_unacked();
     }
+}
+
+/// Whether a queue name is direct reply-to's (the pseudo-queue or one of its addresses).
+fn is_reply_to(name: &ShortString) -> bool {
+    name.as_str() == REPLY_TO || name.as_str().starts_with(&format!("{REPLY_TO}."))
 }

@@ -154,6 +154,8 @@ struct Tuned {
     heartbeat_secs: u16,
     /// The client wants `basic.cancel` when a queue it consumes from is deleted.
     cancel_notify: bool,
+    /// The user who logged in (a published `user_id` must match it).
+    user: String,
 }
 
 /// Protocol header, start/start-ok (authentication), tune/tune-ok, open/open-ok.
@@ -215,10 +217,11 @@ async fn handshake(
             return Err(close_with(out, e.on(10, 11)));
         }
     };
-    let authenticated = credentials
-        .as_ref()
-        .is_some_and(|(user, pass)| config.authenticate(user, pass));
-    if !authenticated {
+    let user = match credentials {
+        Some((user, pass)) if config.authenticate(&user, &pass) => user,
+        _ => String::new(),
+    };
+    if user.is_empty() {
         let e = AmqpError::access_refused(format_args!(
             "Login was refused using authentication mechanism {}. For details see the broker logfile.",
             start_ok.mechanism
@@ -275,6 +278,7 @@ async fn handshake(
         channel_max,
         heartbeat_secs: tune_ok.heartbeat,
         cancel_notify: caps.contains("consumer_cancel_notify"),
+        user,
     };
 
     let Some(open) = next_connection_method(reader, frame_max).await? else {
@@ -518,6 +522,7 @@ impl Conn {
                 out: &mut self.out,
                 outbox: &self.outbox,
                 frame_max: self.tuned.frame_max,
+                user: &self.tuned.user,
             },
             &mut self.channels,
             &mut self.closing_channels,

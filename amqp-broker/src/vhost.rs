@@ -308,7 +308,10 @@ impl Vhost {
                 return Err(locked(&name, &self.name));
             }
             let what = Resource::Queue(&name, &self.name);
-            inequivalent(what, "durable", flags.durable, q.durable)?;
+            // Exclusive queues never outlive their connection, so RabbitMQ ignores durability.
+            if q.exclusive_owner.is_none() {
+                inequivalent(what, "durable", flags.durable, q.durable)?;
+            }
             inequivalent(what, "auto_delete", flags.auto_delete, q.auto_delete)?;
             for key in EQUIVALENCE_ARGS {
                 inequivalent(

@@ -45,14 +45,24 @@ impl TestBroker {
 
     /// Starts the bundled broker from a builder (for tests of broker settings).
     pub async fn bundled_with(builder: amqp_broker::BrokerBuilder) -> Self {
-        let broker = builder.port(0).start().await.expect("bundled broker starts");
-        Self { backend: Backend::Bundled, url: broker.amqp_url(), broker: Some(broker) }
+        let broker = builder
+            .port(0)
+            .start()
+            .await
+            .expect("bundled broker starts");
+        Self {
+            backend: Backend::Bundled,
+            url: broker.amqp_url(),
+            broker: Some(broker),
+        }
     }
 
     /// The RabbitMQ from [`RABBITMQ_URL_VAR`], or `None` when the variable is not set.
     /// Panics when it is set but nothing answers there: in CI that must fail, not skip.
     pub async fn rabbitmq() -> Option<Self> {
-        let url = std::env::var(RABBITMQ_URL_VAR).ok().filter(|u| !u.is_empty())?;
+        let url = std::env::var(RABBITMQ_URL_VAR)
+            .ok()
+            .filter(|u| !u.is_empty())?;
         let probe = tokio::time::timeout(
             Duration::from_secs(10),
             Connection::connect(&url, ConnectionProperties::default()),
@@ -65,7 +75,11 @@ impl TestBroker {
             Ok(Err(e)) => panic!("{RABBITMQ_URL_VAR}={url} is set but RabbitMQ refused: {e}"),
             Err(_) => panic!("{RABBITMQ_URL_VAR}={url} is set but RabbitMQ did not answer in 10 s"),
         }
-        Some(Self { backend: Backend::RabbitMq, url, broker: None })
+        Some(Self {
+            backend: Backend::RabbitMq,
+            url,
+            broker: None,
+        })
     }
 
     /// Which server this is.
@@ -85,7 +99,11 @@ impl TestBroker {
 
     /// `host:port` of the server, for raw-socket tests.
     pub fn addr(&self) -> String {
-        let rest = self.url.split_once('@').map(|(_, r)| r).unwrap_or(&self.url);
+        let rest = self
+            .url
+            .split_once('@')
+            .map(|(_, r)| r)
+            .unwrap_or(&self.url);
         let rest = rest.trim_start_matches("amqp://");
         rest.split('/').next().unwrap_or(rest).to_string()
     }
@@ -117,7 +135,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}.{}.{}.{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}.{}.{}.{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Declares a conformance test that runs on the bundled broker and on RabbitMQ.

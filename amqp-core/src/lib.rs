@@ -1,6 +1,39 @@
-//! Spring-AMQP-style messaging for Rust.
+//! Spring-AMQP-style messaging for Rust, on `lapin` and `tokio`.
 //!
-//! This crate is being built issue by issue: the `Template`, the listener container, declarations
-//! and connection recovery arrive with the amqp-core issue, and `#[rabbit_listener]` (from
-//! `amqp-macros`) with the macro issue. Until then it offers nothing; the bundled broker
-//! (`amqp-broker`) already works on its own.
+//! - [`Connection`]: a connection that recovers by itself (reconnect with back-off, re-declare,
+//!   re-subscribe).
+//! - [`Template`]: `convert_and_send` with serde (JSON by default), publisher confirms, returns,
+//!   `receive`, and request/reply over direct reply-to.
+//! - [`Exchange`], [`Queue`], [`Binding`]: declarations, applied at start and after recovery.
+//! - [`Listener`]: a listener container: prefetch, concurrency, ack by the handler's result,
+//!   graceful shutdown.
+//!
+//! With the `embedded-broker` feature (on by default) the bundled broker is at
+//! [`broker`], for tests and zero-set-up development.
+//!
+//! `#[rabbit_listener]` (from `amqp-macros`) arrives with its own issue.
+
+mod connection;
+mod converter;
+mod declare;
+mod error;
+mod listener;
+mod message;
+mod template;
+
+#[cfg(feature = "embedded-broker")]
+pub use amqp_broker as broker;
+
+pub use connection::{Connection, ConnectionFactory};
+pub use converter::{JsonConverter, MessageConverter};
+pub use declare::{Binding, Declarable, Declarables, Exchange, ExchangeType, Queue, text};
+pub use error::{Error, Result};
+pub use listener::{AckMode, Acker, Listener, ListenerBuilder, ListenerError, ListenerHandle};
+pub use message::{Message, Metadata, TYPE_ID_HEADER};
+pub use template::Template;
+
+/// Re-exports of the AMQP types that appear in this API.
+pub mod types {
+    pub use lapin::BasicProperties;
+    pub use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+}

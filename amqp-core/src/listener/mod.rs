@@ -1,0 +1,257 @@
+//! Listener containers: consume a queue, hand each message to an async handler, and let the
+//! handler's result decide the acknowledgement.
+//!
+//! ```text
+//! Ok(reply)          → reply sent to reply_to (unless the handler returns ()) → ack
+//! Err(e)             → reject without requeue (to the queue's dead-letter exchange, if any),
+//!                      or requeue when e says so (ListenerError::requeue)
+//! body won't decode  → reject without requeue, logged with queue, message id and serde error
+//! handler panics     → treated as Err; the container keeps running
+//! ```
+//!
+//! `concurrency(n)` starts n consumers on the queue, each on its own channel, each handling its
+//! deliveries one at a time. That is Spring's `concurrentConsumers`, and it is what makes the
+//! broker's fair dispatch work: with `prefetch(1)` a consumer gets its next message only after
+//! acking the last one, so a fast consumer takes more of the work than a slow one. (Running n
+//! handlers on one consumer would instead tie every message to that consumer's prefetch window
+//! and give up per-consumer ordering.)
+
+mod handler;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use self::handler::ErasedHandler;
+pub use self::handler::{Acker, ListenerError};
+use crate::connection::Connection;
+use crate::converter::{JsonConverter, MessageConverter};
+use crate::error::Result;
+use crate::message::Metadata;
+
+/// How deliveries are acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// The container acks after the handler returns `Ok`, rejects after `Err` (the default).
+    #[default]
+    Auto,
+    /// The handler acks through [`Metadata::acker`]; the container never does.
+    Manual,
+    /// The broker considers a message handled once sent (`no_ack`): at most once.
+    None,
+}
+
+/// Settings for a listener, before its handler is given. Start with [`Listener::on`].
+#[derive(Debug)]
+pub struct ListenerBuilder<C = JsonConverter> {
+    queue: String,
+    prefetch: u16,
+    concurrency: usize,
+    ack_mode: AckMode,
+    shutdown_timeout: Duration,
+    converter: C,
+}
+
+/// A queue with a handler, ready to [`start`](Listener::start).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amqp_core::Result<()> {
+/// # let broker = amqp_core::broker::Broker::builder().port(0).start().await?;
+/// use amqp_core::{Connection, Listener, ListenerError, Queue, Template};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Login { user: String }
+///
+/// let conn = Connection::connect(&broker.amqp_url()).await?;
+/// conn.declare(Queue::durable("login.log")).await?;
+/// let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+/// let listener = Listener::on("login.log")
+///     .prefetch(10)
+///     .handler(move |login: Login| {
+///         let seen_tx = seen_tx.clone();
+///         async move {
+///             seen_tx.send(login.user).map_err(ListenerError::reject)?;
+///             Ok::<_, ListenerError>(())
+///         }
+///     })
+///     .start(&conn)
+///     .await?;
+/// Template::new(conn.clone()).convert_and_send("", "login.log", &Login { user: "ann".into() }).await?;
+/// assert_eq!(seen.recv().await.as_deref(), Some("ann"));
+/// listener.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Listener<C = JsonConverter> {
+    settings: ListenerBuilder<C>,
+    handler: Arc<ErasedHandler>,
+}
+
+impl<C: std::fmt::Debug> std::fmt::Debug for Listener<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Listener<JsonConverter> {
+    /// Begins a listener on `queue` with Spring's defaults: prefetch 250, one consumer, auto ack,
+    /// JSON.
+    pub fn on(queue: impl Into<String>) -> ListenerBuilder<JsonConverter> {
+        ListenerBuilder {
+            queue: queue.into(),
+            prefetch: 250,
+            concurrency: 1,
+            ack_mode: AckMode::Auto,
+            shutdown_timeout: Duration::from_secs(30),
+            converter: JsonConverter,
+        }
+    }
+}
+
+impl<C: MessageConverter + Clone> ListenerBuilder<C> {
+    /// How many unacknowledged messages each consumer may hold (0: unlimited).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// How many consumers (each on its own channel, handling one message at a time).
+    pub fn concurrency(mut self, consumers: usize) -> Self {
+        self.concurrency = consumers.max(1);
+        self
+    }
+
+    /// How messages are acknowledged (default [`AckMode::Auto`]).
+    pub fn ack_mode(mut self, mode: AckMode) -> Self {
+        self.ack_mode = mode;
+        self
+    }
+
+    /// How long [`ListenerHandle::shutdown`] lets in-flight handlers run (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Converts bodies with another converter.
+    pub fn converter<C2: MessageConverter + Clone>(self, converter: C2) -> ListenerBuilder<C2> {
+        ListenerBuilder {
+            queue: self.queue,
+            prefetch: self.prefetch,
+            concurrency: self.concurrency,
+            ack_mode: self.ack_mode,
+            shutdown_timeout: self.shutdown_timeout,
+            converter,
+        }
+    }
+
+    /// Handles each message as a `T`. Returning a value other than `()` sends it to the
+    /// message's `reply_to` (an RPC server is one handler).
+    pub fn handler<T, R, E, F, Fut>(self, f: F) -> Listener<C>
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<ListenerError> + Send + 'static,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<R, E>> + Send + 'static,
+    {
+        self.handler_with_metadata(move |payload: T, _meta: Metadata| f(payload))
+    }
+
+    /// Like [`handler`](Self::handler), with the delivery's [`Metadata`] (properties, headers,
+    /// routing key, redelivered, and in manual mode the acker).
+    pub fn handler_with_metadata<T, R, E, F, Fut>(self, f: F) -> Listener<C>
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<ListenerError> + Send + 'static,
+        F: Fn(T, Metadata) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<R, E>> + Send + 'static,
+    {
+        let handler = handler::erase(self.converter.clone(), f);
+        Listener { settings: self, handler: Arc::new(handler) }
+    }
+}
+
+impl<C: MessageConverter + Clone> Listener<C> {
+    /// Starts the consumers. Returns once each has subscribed, or with the error that stopped
+    /// the first subscription (a missing queue, say). From then on consumers re-subscribe by
+    /// themselves after a reconnection.
+    pub async fn start(self, conn: &Connection) -> Result<ListenerHandle> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ctx = Arc::new(worker::Context {
+            queue: self.settings.queue.clone(),
+            prefetch: self.settings.prefetch,
+            ack_mode: self.settings.ack_mode,
+            handler: self.handler,
+            conn: conn.clone(),
+            replies: crate::Template::new(conn.clone()),
+        });
+        let mut workers = Vec::with_capacity(self.settings.concurrency);
+        let mut ready = Vec::with_capacity(self.settings.concurrency);
+        for _ in 0..self.settings.concurrency {
+            let (tx, rx) = oneshot::channel();
+            workers.push(tokio::spawn(worker::run(ctx.clone(), tx, stop_rx.clone())));
+            ready.push(rx);
+        }
+        let handle = ListenerHandle {
+            queue: self.settings.queue,
+            stop: stop_tx,
+            workers,
+            shutdown_timeout: self.settings.shutdown_timeout,
+        };
+        for rx in ready {
+            let outcome = rx.await.unwrap_or(Err(crate::Error::Closed));
+            if let Err(e) = outcome {
+                handle.shutdown().await;
+                return Err(e);
+            }
+        }
+        Ok(handle)
+    }
+}
+
+/// A running listener. [`shutdown`](Self::shutdown) stops it gracefully; dropping it stops the
+/// consumers too, without waiting.
+#[derive(Debug)]
+pub struct ListenerHandle {
+    queue: String,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl ListenerHandle {
+    /// The queue this listener consumes.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Stops consuming, lets in-flight handlers finish (up to the shutdown timeout) and ack, then
+    /// closes the channels. Messages not yet handled stay in the broker (prefetched ones are
+    /// requeued when their channel closes).
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        let workers = std::mem::take(&mut self.workers);
+        let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
+        let all = futures::future::join_all(workers);
+        if tokio::time::timeout(self.shutdown_timeout, all).await.is_err() {
+            tracing::warn!(queue = %self.queue, "handlers still running after {:?}; abandoning them", self.shutdown_timeout);
+            for a in aborts {
+                a.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ListenerHandle {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}

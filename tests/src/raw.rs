@@ -54,6 +54,9 @@ impl CloseReason {
 }
 
 /// What a read from the server produced.
+// Boxing the frame would stop tests from matching `Read::Frame(AMQPFrame::Heartbeat)`; the
+// value lives for one match, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Read {
     /// A complete frame.
@@ -272,9 +275,7 @@ impl RawClient {
 
     /// Requires connection.close from the server, without answering it.
     pub async fn recv_connection_close(&mut self) -> CloseReason {
-        let got = self.recv_method().await;
-        eprintln!("TRACE {got:?}");
-        match got {
+        match self.recv_method().await {
             (0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => CloseReason {
                 reply_code: c.reply_code,
                 reply_text: c.reply_text.to_string(),

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection, queue};
-use tests::raw::{
-    self, FRAME_BODY, FRAME_END, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER, RawClient, Read,
-};
+use tests::raw::{self, FRAME_END, FRAME_HEARTBEAT, PROTOCOL_HEADER, RawClient, Read};
 use tests::{TestBroker, conformance, unique};
 
 /// basic.publish to the default exchange with a routing key no queue has.
@@ -56,11 +54,78 @@ async fn garbage_instead_of_protocol_header(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// RabbitMQ answers the AMQP 0-10 header with the 0-9-1 header, then closes the socket.
+// RabbitMQ answers a header for another AMQP version (0-10, 1.0, 1.0 SASL, 0-9-0) with the
+// 0-9-1 header, then closes the socket.
 async fn wrong_protocol_version(b: TestBroker) {
+    for header in [
+        b"AMQP\x01\x01\x00\x0a",
+        b"AMQP\x00\x01\x00\x00",
+        b"AMQP\x03\x01\x00\x00",
+        b"AMQP\x00\x00\x09\x00",
+    ] {
+        let mut c = RawClient::connect(&b.addr()).await;
+        c.send_bytes(header).await;
+        assert_eq!(
+            c.read_to_eof().await,
+            PROTOCOL_HEADER,
+            "answer to {header:02x?}"
+        );
+    }
+    raw::assert_serves(&b.addr()).await;
+}
+
+// Another method where start-ok belongs (channel.open, tune-ok): RabbitMQ sends nothing and
+// closes the socket (after its ~3 s handshake-error delay).
+async fn method_instead_of_start_ok(b: TestBroker) {
+    let addr = b.addr();
+    let wrong = [
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ),
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 2047,
+                frame_max: 131072,
+                heartbeat: 0,
+            })),
+        ),
+    ];
+    let checks = wrong.into_iter().map(|frame| {
+        let addr = addr.clone();
+        async move {
+            let mut c = RawClient::connect(&addr).await;
+            c.start().await;
+            c.send_frame(&frame).await;
+            c.expect_eof().await;
+        }
+    });
+    futures::future::join_all(checks).await;
+    raw::assert_serves(&addr).await;
+}
+
+// connection.open for a vhost that does not exist: connection.close 530 NOT_ALLOWED (10, 40),
+// text "NOT_ALLOWED - vhost NAME not found".
+async fn open_unknown_vhost(b: TestBroker) {
     let mut c = RawClient::connect(&b.addr()).await;
-    c.send_bytes(b"AMQP\x01\x01\x00\x0a").await;
-    assert_eq!(c.read_to_eof().await, PROTOCOL_HEADER);
+    c.start().await;
+    c.start_ok("PLAIN", raw::plain_response("guest", "guest"), true)
+        .await;
+    let tune = c.expect_tune().await;
+    c.tune_ok(tune.channel_max, tune.frame_max, 0).await;
+    let vhost = unique("wire.nohost");
+    let open = connection::Open {
+        virtual_host: vhost.as_str().into(),
+    };
+    c.send_method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))
+        .await;
+    let reason = c.expect_connection_close().await;
+    assert_eq!(reason.ids(), (530, 10, 40), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        format!("NOT_ALLOWED - vhost {vhost} not found")
+    );
     raw::assert_serves(&b.addr()).await;
 }
 
@@ -110,6 +175,10 @@ async fn wrong_password_with_capability(b: TestBroker) {
         .await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (403, 0, 0), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+    );
     assert!(
         reason.reply_text.starts_with("ACCESS_REFUSED - "),
         "{reason:?}"
@@ -135,6 +204,10 @@ async fn wrong_password_amqplain(b: TestBroker) {
         .await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (403, 0, 0), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN. For details see the broker logfile."
+    );
     assert!(
         reason.reply_text.starts_with("ACCESS_REFUSED - "),
         "{reason:?}"
@@ -230,6 +303,26 @@ async fn tune_ok_out_of_range(b: TestBroker) {
     raw::assert_serves(&addr).await;
 }
 
+// channel_max limits how many channels are open, not their ids: with channel_max 16, channel 17
+// opens; a 17th open channel gets connection.close 530 NOT_ALLOWED (0, 0), text
+// "NOT_ALLOWED - number of channels opened (16) has reached the negotiated channel_max (16)".
+async fn channel_max_limits_open_channels(b: TestBroker) {
+    let mut c = connect_tuned(&b.addr(), Some(16), None).await;
+    c.open_vhost("/").await;
+    c.open_channel(17).await;
+    for channel in 1..=15 {
+        c.open_channel(channel).await;
+    }
+    c.send_channel_open(100).await;
+    let reason = c.expect_connection_close().await;
+    assert_eq!(reason.ids(), (530, 0, 0), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "NOT_ALLOWED - number of channels opened (16) has reached the negotiated channel_max (16)"
+    );
+    raw::assert_serves(&b.addr()).await;
+}
+
 // With frame_max 4096 negotiated, RabbitMQ accepts frame payloads up to 4096 octets (it allows
 // 8 octets of slack over frame_max for the frame header and end); one more octet gets
 // connection.close 501 FRAME_ERROR (0, 0).
@@ -285,6 +378,7 @@ async fn method_on_unopened_channel(b: TestBroker) {
     c.send_method(5, queue_declare()).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (504, 50, 10), "{reason:?}");
+    assert_eq!(reason.reply_text, "CHANNEL_ERROR - expected 'channel.open'");
     assert!(
         reason.reply_text.starts_with("CHANNEL_ERROR - "),
         "{reason:?}"
@@ -300,6 +394,7 @@ async fn method_on_closed_channel(b: TestBroker) {
     c.send_method(3, queue_declare()).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (504, 50, 10), "{reason:?}");
+    assert_eq!(reason.reply_text, "CHANNEL_ERROR - expected 'channel.open'");
     assert!(
         reason.reply_text.starts_with("CHANNEL_ERROR - "),
         "{reason:?}"
@@ -314,6 +409,10 @@ async fn content_header_without_publish(b: TestBroker) {
     c.send_frame(&content_header(1, 3)).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (505, 0, 0), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+    );
     assert!(
         reason.reply_text.starts_with("UNEXPECTED_FRAME - "),
         "{reason:?}"
@@ -340,6 +439,10 @@ async fn body_longer_than_header(b: TestBroker) {
         .await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (505, 60, 40), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "UNEXPECTED_FRAME - expected content body, got non content body frame instead"
+    );
     raw::assert_serves(&b.addr()).await;
 }
 
@@ -351,6 +454,10 @@ async fn body_without_content_header(b: TestBroker) {
     c.send_frame(&AMQPFrame::Body(1, b"abc".to_vec())).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (505, 60, 40), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+    );
     assert!(
         reason.reply_text.starts_with("UNEXPECTED_FRAME - "),
         "{reason:?}"
@@ -473,6 +580,10 @@ async fn channel_open_twice(b: TestBroker) {
     c.send_channel_open(1).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (504, 20, 10), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "CHANNEL_ERROR - second 'channel.open' seen"
+    );
     assert!(
         reason.reply_text.starts_with("CHANNEL_ERROR - "),
         "{reason:?}"
@@ -496,6 +607,10 @@ async fn non_connection_method_on_channel_zero(b: TestBroker) {
     c.send_method(0, queue_declare()).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (504, 50, 10), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "CHANNEL_ERROR - unexpected method in connection state running"
+    );
     assert!(
         reason.reply_text.starts_with("CHANNEL_ERROR - "),
         "{reason:?}"
@@ -575,13 +690,15 @@ async fn publish_boundaries_accepted(b: TestBroker) {
     c.send_frame(&AMQPFrame::Body(1, b"def".to_vec())).await;
     c.close_channel(1).await;
     c.close().await;
-    let _ = (FRAME_BODY, FRAME_METHOD, channel::Open {});
     raw::assert_serves(&b.addr()).await;
 }
 
 conformance!(
     garbage_instead_of_protocol_header,
     wrong_protocol_version,
+    method_instead_of_start_ok,
+    open_unknown_vhost,
+    channel_max_limits_open_channels,
     handshake_plain,
     handshake_amqplain,
     wrong_password_with_capability,

@@ -186,7 +186,7 @@ async fn wrong_password_with_capability(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// Without the capability RabbitMQ just closes the socket, sending nothing.
+// Without the capability RabbitMQ sends nothing and closes the socket (after ~3 s).
 async fn wrong_password_without_capability(b: TestBroker) {
     let mut c = RawClient::connect(&b.addr()).await;
     c.start().await;
@@ -325,7 +325,8 @@ async fn channel_max_limits_open_channels(b: TestBroker) {
 
 // With frame_max 4096 negotiated, RabbitMQ accepts frame payloads up to 4096 octets (it allows
 // 8 octets of slack over frame_max for the frame header and end); one more octet gets
-// connection.close 501 FRAME_ERROR (0, 0).
+// connection.close 501 FRAME_ERROR (0, 0), text
+// "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,4097,4088}".
 async fn frame_larger_than_frame_max(b: TestBroker) {
     let mut c = connect_tuned(&b.addr(), None, Some(4096)).await;
     c.open_vhost("/").await;
@@ -372,7 +373,7 @@ async fn unknown_class_id(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// queue.declare on a channel never opened: connection.close 504 CHANNEL_ERROR blaming it.
+// queue.declare on a channel never opened: connection.close 504 CHANNEL_ERROR blaming it (50, 10).
 async fn method_on_unopened_channel(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.send_method(5, queue_declare()).await;
@@ -402,7 +403,7 @@ async fn method_on_closed_channel(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// A content header with no basic.publish before it: connection.close 505 UNEXPECTED_FRAME.
+// A content header with no basic.publish before it: connection.close 505 UNEXPECTED_FRAME (0, 0).
 async fn content_header_without_publish(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.open_channel(1).await;
@@ -446,7 +447,7 @@ async fn body_longer_than_header(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// basic.publish followed by a body with no content header: connection.close 505.
+// basic.publish followed by a body with no content header: connection.close 505 (60, 40).
 async fn body_without_content_header(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.open_channel(1).await;
@@ -479,7 +480,8 @@ async fn abrupt_disconnect_mid_frame(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// A frame whose last octet is not 0xCE: connection.close 501 FRAME_ERROR.
+// A frame whose last octet is not 0xCE: connection.close 501 FRAME_ERROR (0, 0), text
+// "FRAME_ERROR - type 1, all octets = <<...>>: {invalid_frame_end_marker, 0}".
 async fn missing_frame_end(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.open_channel(1).await;
@@ -495,8 +497,8 @@ async fn missing_frame_end(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// With heartbeat=1 RabbitMQ sends heartbeats, and drops a silent client's socket (no
-// connection.close) a few seconds later.
+// With heartbeat=1 RabbitMQ sends a heartbeat every ~0.5 s and closes a silent client's socket,
+// without connection.close, ~3 s after the handshake.
 async fn heartbeat_timeout(b: TestBroker) {
     let mut c = RawClient::connect(&b.addr()).await;
     c.start().await;
@@ -550,7 +552,8 @@ async fn heartbeat_keeps_alive(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// connection.close from the client: RabbitMQ answers close-ok and closes the socket.
+// connection.close from the client: RabbitMQ answers close-ok, then waits for the client to close
+// the socket (up to 30 s, or the heartbeat interval when shorter) and closes its side.
 async fn client_close(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.open_channel(1).await;
@@ -591,12 +594,18 @@ async fn channel_open_twice(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// A second protocol header after the handshake: RabbitMQ reads it as a bad frame (501).
+// A second protocol header after the handshake: RabbitMQ reads it as a frame of type 65 ('A')
+// whose size field ("P\0\0\x09") exceeds frame_max: connection.close 501 FRAME_ERROR (0, 0), text
+// "FRAME_ERROR - type 65, all octets = <<>>: {frame_too_large,1342177289,131064}".
 async fn second_protocol_header(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.send_bytes(PROTOCOL_HEADER).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (501, 0, 0), "{reason:?}");
+    assert!(
+        reason.reply_text.starts_with("FRAME_ERROR - "),
+        "{reason:?}"
+    );
     raw::assert_serves(&b.addr()).await;
 }
 
@@ -634,12 +643,17 @@ async fn heartbeat_on_nonzero_channel(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// An unknown frame type (9): connection.close 501 FRAME_ERROR.
+// An unknown frame type (9): connection.close 501 FRAME_ERROR (0, 0), text
+// "FRAME_ERROR - type 9, all octets = <<>>: unknown_frame".
 async fn unknown_frame_type(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.send_bytes(&raw::raw_frame(9, 0, &[], FRAME_END)).await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.ids(), (501, 0, 0), "{reason:?}");
+    assert!(
+        reason.reply_text.starts_with("FRAME_ERROR - "),
+        "{reason:?}"
+    );
     raw::assert_serves(&b.addr()).await;
 }
 

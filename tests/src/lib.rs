@@ -11,6 +11,8 @@
 //! Passing on both is how we know a test encodes RabbitMQ's behaviour and not our guess.
 //! Names in tests must be unique per run ([`unique`]) so that parallel tests can share a RabbitMQ.
 
+pub mod raw;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

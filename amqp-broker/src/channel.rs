@@ -137,9 +137,7 @@ impl Channel {
     /// the code).
     pub fn method(&mut self, io: &mut ConnIo<'_>, method: AMQPClass) -> AmqpResult {
         if !matches!(self.content, Content::Idle) {
-            return Err(AmqpError::unexpected_frame(format_args!(
-                "expected content header for class 60, got non content header frame instead"
-            )));
+            return Err(self.unexpected_frame());
         }
         match method {
             AMQPClass::Channel(m) => self.channel_method(io, m),
@@ -186,10 +184,11 @@ impl Channel {
         body_size: u64,
         properties: Box<BasicProperties>,
     ) -> AmqpResult {
+        if !matches!(self.content, Content::Header(_)) {
+            return Err(self.unexpected_frame());
+        }
         let Content::Header(publish) = std::mem::take(&mut self.content) else {
-            return Err(AmqpError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            ));
+            unreachable!("checked above");
         };
         if class_id != 60 {
             return Err(AmqpError::unexpected_frame(format_args!(
@@ -218,20 +217,21 @@ impl Channel {
 
     /// Handles a content body frame.
     pub fn body(&mut self, io: &mut ConnIo<'_>, piece: &[u8]) -> AmqpResult {
+        let too_long = match &self.content {
+            Content::Body { remaining, .. } => piece.len() as u64 > *remaining,
+            _ => return Err(self.unexpected_frame()),
+        };
+        if too_long {
+            // RabbitMQ notices only at the next method; the answer is the same, given sooner.
+            return Err(self.unexpected_frame());
+        }
         let Content::Body {
             remaining, body, ..
         } = &mut self.content
         else {
-            return Err(AmqpError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            ));
+            unreachable!("checked above");
         };
         let len = piece.len() as u64;
-        if len > *remaining {
-            return Err(AmqpError::frame_error(format_args!(
-                "received content body of size {len}, expected at most {remaining}"
-            )));
-        }
         body.extend_from_slice(piece);
         *remaining -= len;
         if *remaining == 0 {
@@ -247,6 +247,24 @@ impl Channel {
             return self.publish(io, publish, *properties, body);
         }
         Ok(())
+    }
+
+    /// 505 for a frame that does not fit where the channel is in receiving a message, with
+    /// RabbitMQ's wording.
+    fn unexpected_frame(&self) -> AmqpError {
+        match self.content {
+            Content::Idle => {
+                AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+            }
+            Content::Header(_) => AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(60, 40),
+            Content::Body { .. } => AmqpError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )
+            .on(60, 40),
+        }
     }
 
     fn reply(&self, io: &mut ConnIo<'_>, method: AMQPClass) {

@@ -53,10 +53,10 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, AmqpE
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if frame_max != 0 && size + FRAME_OVERHEAD > frame_max as usize {
+    // RabbitMQ allows a payload of frame_max bytes (8 more than the spec's frame_max counts).
+    if frame_max != 0 && size > frame_max as usize {
         return Err(AmqpError::frame_error(format_args!(
-            "type {kind}, frame size {} exceeds negotiated frame_max {frame_max}",
-            size + FRAME_OVERHEAD
+            "type {kind}, frame too large: payload of {size} bytes, negotiated frame_max {frame_max}"
         )));
     }
     if buf.len() < size + FRAME_OVERHEAD {
@@ -95,15 +95,15 @@ fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let method_id = u16::from_be_bytes([payload[2], payload[3]]);
     if !is_known_method(class_id, method_id) {
-        return Err(AmqpError::command_invalid(format_args!(
+        return Err(AmqpError::not_implemented(format_args!(
             "unknown method {class_id}/{method_id}"
         ))
         .on(class_id, method_id));
     }
     match amq_protocol::protocol::parse_class(payload) {
         Ok(([], class)) => Ok(class),
-        _ => Err(AmqpError::syntax_error(format_args!(
-            "malformed arguments for method {class_id}/{method_id}"
+        _ => Err(AmqpError::frame_error(format_args!(
+            "cannot decode the arguments of method {class_id}/{method_id}"
         ))
         .on(class_id, method_id)),
     }
@@ -317,12 +317,12 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_method_is_command_invalid() {
+    fn an_unknown_method_is_not_implemented() {
         let payload = [0, 60, 0, 99];
         let mut bytes = vec![FRAME_METHOD, 0, 1, 0, 0, 0, 4];
         bytes.extend_from_slice(&payload);
         bytes.push(FRAME_END);
         let err = decode(&mut BytesMut::from(&bytes[..]), 4096).unwrap_err();
-        assert_eq!((err.class_id, err.method_id), (60, 99));
+        assert_eq!((err.code, err.class_id, err.method_id), (540, 60, 99));
     }
 }

@@ -197,25 +197,18 @@ async fn handshake(
     );
     flush(out, write_tx);
 
-    let Some(start_ok) = next_connection_method(reader, config.frame_max_bytes).await? else {
-        return Ok(None);
-    };
-    let connection::AMQPMethod::StartOk(start_ok) = start_ok else {
-        return Err(close_with(
-            out,
-            AmqpError::command_invalid("expected 'connection.start-ok'").on(10, 11),
-        ));
+    // Until tune-ok, RabbitMQ answers anything unexpected by hanging up (the client has not
+    // agreed to the connection yet); so does this broker.
+    let Some(Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)))) =
+        next_frame(reader, config.frame_max_bytes).await
+    else {
+        return hang_up("expected connection.start-ok");
     };
     let caps = capabilities(&start_ok.client_properties);
     let credentials = match start_ok.mechanism.as_str() {
         "PLAIN" => parse_plain(start_ok.response.as_bytes()),
         "AMQPLAIN" => parse_amqplain(start_ok.response.as_bytes()),
-        other => {
-            let e = AmqpError::command_invalid(format_args!(
-                "unknown authentication mechanism '{other}'"
-            ));
-            return Err(close_with(out, e.on(10, 11)));
-        }
+        _ => return hang_up("unknown authentication mechanism"),
     };
     let user = match credentials {
         Some((user, pass)) if config.authenticate(&user, &pass) => user,
@@ -226,11 +219,11 @@ async fn handshake(
             "Login was refused using authentication mechanism {}. For details see the broker logfile.",
             start_ok.mechanism
         ));
+        tracing::info!("{}", e.text);
         if caps.contains("authentication_failure_close") {
             return Err(close_with(out, e));
         }
         // Without the capability the spec's answer is to close the socket.
-        tracing::info!("{}", e.text);
         return Ok(None);
     }
 
@@ -244,54 +237,38 @@ async fn handshake(
     );
     flush(out, write_tx);
 
-    let Some(tune_ok) = next_connection_method(reader, config.frame_max_bytes).await? else {
-        return Ok(None);
+    let Some(Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)))) =
+        next_frame(reader, config.frame_max_bytes).await
+    else {
+        return hang_up("expected connection.tune-ok");
     };
-    let connection::AMQPMethod::TuneOk(tune_ok) = tune_ok else {
-        return Err(close_with(
-            out,
-            AmqpError::command_invalid("expected 'connection.tune-ok'").on(10, 31),
-        ));
-    };
-    let frame_max = if tune_ok.frame_max == 0 {
-        config.frame_max_bytes
-    } else {
-        tune_ok.frame_max
-    };
-    if frame_max > config.frame_max_bytes {
-        let e = AmqpError::not_allowed(format_args!(
-            "frame_max={frame_max} > {} max size",
-            config.frame_max_bytes
-        ));
-        return Err(close_with(out, e.on(10, 31)));
+    // The client may lower the limits, not raise them, and 0 ("no limit") exceeds any limit.
+    let frame_max_ok = (4096..=config.frame_max_bytes).contains(&tune_ok.frame_max);
+    let channel_max_ok = (1..=config.channel_max).contains(&tune_ok.channel_max);
+    if !frame_max_ok || !channel_max_ok {
+        return hang_up("tune-ok outside the offered limits");
     }
-    if frame_max < 4096 {
-        let e = AmqpError::not_allowed(format_args!("frame_max={frame_max} < 4096 min size"));
-        return Err(close_with(out, e.on(10, 31)));
-    }
-    let channel_max = match tune_ok.channel_max {
-        0 => config.channel_max,
-        n => n.min(config.channel_max),
-    };
     let tuned = Tuned {
-        frame_max,
-        channel_max,
+        frame_max: tune_ok.frame_max,
+        channel_max: tune_ok.channel_max,
         heartbeat_secs: tune_ok.heartbeat,
         cancel_notify: caps.contains("consumer_cancel_notify"),
         user,
     };
 
-    let Some(open) = next_connection_method(reader, frame_max).await? else {
-        return Ok(None);
-    };
-    let connection::AMQPMethod::Open(open) = open else {
-        return Err(close_with(
-            out,
-            AmqpError::command_invalid("expected 'connection.open'").on(10, 40),
-        ));
+    let open = match next_frame(reader, tuned.frame_max).await {
+        None => return Ok(None),
+        Some(Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))) => open,
+        Some(other) => {
+            let e = AmqpError::unexpected_frame(format_args!(
+                "expected connection.open, got {}",
+                describe(&other)
+            ));
+            return Err(close_with(out, e));
+        }
     };
     if open.virtual_host.as_str() != "/" {
-        let e = AmqpError::not_allowed(format_args!("vhost '{}' not found", open.virtual_host));
+        let e = AmqpError::not_allowed(format_args!("vhost {} not found", open.virtual_host));
         return Err(close_with(out, e.on(10, 40)));
     }
     out.method(
@@ -301,22 +278,35 @@ async fn handshake(
     Ok(Some(tuned))
 }
 
-/// The next method on channel 0 during the handshake (heartbeats are skipped).
-async fn next_connection_method(
-    reader: &mut Reader,
-    frame_max: u32,
-) -> Result<Option<connection::AMQPMethod>, AmqpError> {
+/// Ends a handshake without a word, as RabbitMQ does before the connection is tuned.
+fn hang_up(why: &str) -> Result<Option<Tuned>, AmqpError> {
+    tracing::debug!("handshake abandoned: {why}");
+    Ok(None)
+}
+
+/// The next frame during the handshake, heartbeats skipped; `None` at the end of the stream or
+/// on bytes that do not decode.
+async fn next_frame(reader: &mut Reader, frame_max: u32) -> Option<Frame> {
     loop {
-        match reader.frame(frame_max).await? {
-            None => return Ok(None),
-            Some(Frame::Heartbeat(0)) => {}
-            Some(Frame::Method(0, AMQPClass::Connection(m))) => return Ok(Some(m)),
-            Some(_) => {
-                return Err(AmqpError::command_invalid(
-                    "expected a connection method during the handshake",
-                ));
-            }
+        match reader.frame(frame_max).await {
+            Ok(Some(Frame::Heartbeat(0))) => {}
+            Ok(frame) => return frame,
+            Err(_) => return None,
         }
+    }
+}
+
+/// A frame's kind, for error messages.
+fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::Method(ch, m) => format!(
+            "method {}/{} on channel {ch}",
+            m.get_amqp_class_id(),
+            m.get_amqp_method_id()
+        ),
+        Frame::Header { channel, .. } => format!("a content header on channel {channel}"),
+        Frame::Body(ch, _) => format!("a content body on channel {ch}"),
+        Frame::Heartbeat(ch) => format!("a heartbeat on channel {ch}"),
     }
 }
 
@@ -550,8 +540,8 @@ impl Conn {
         }
         let result = match frame {
             Frame::Heartbeat(0) => Ok(Next::Continue),
-            Frame::Heartbeat(_) => Err(AmqpError::frame_error(
-                "heartbeat frame on a non-zero channel",
+            Frame::Heartbeat(_) => Err(AmqpError::unexpected_frame(
+                "type 8, a heartbeat on a non-zero channel",
             )),
             Frame::Method(0, method) => self.connection_method(method),
             Frame::Method(id, method) => self.channel_frame(id, ChannelFrame::Method(method)),
@@ -597,10 +587,10 @@ impl Conn {
                 "connection method out of order",
             )
             .on(class_id, method_id)),
-            _ => Err(AmqpError::command_invalid(
-                "only connection methods are allowed on channel 0",
-            )
-            .on(class_id, method_id)),
+            _ => Err(
+                AmqpError::channel_error("unexpected method in connection state running")
+                    .on(class_id, method_id),
+            ),
         }
     }
 
@@ -628,11 +618,12 @@ impl Conn {
         let Some(ch) = channels.get_mut(&id) else {
             return match frame {
                 ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
-                    if id > channel_max {
+                    // As in RabbitMQ, channel_max bounds how many channels are open, not their ids.
+                    let open = channels.len() + closing.len();
+                    if open >= usize::from(channel_max) {
                         return Err(AmqpError::not_allowed(format_args!(
-                            "channel {id} is beyond the negotiated channel_max {channel_max}"
-                        ))
-                        .on(20, 10));
+                            "number of channels opened ({open}) has reached the negotiated channel_max ({channel_max})"
+                        )));
                     }
                     channels.insert(id, Channel::new(id));
                     io.out.method(

@@ -27,7 +27,6 @@ pub(crate) mod reply {
     pub const PRECONDITION_FAILED: u16 = 406;
     pub const CONNECTION_FORCED: u16 = 320;
     pub const FRAME_ERROR: u16 = 501;
-    pub const SYNTAX_ERROR: u16 = 502;
     pub const COMMAND_INVALID: u16 = 503;
     pub const CHANNEL_ERROR: u16 = 504;
     pub const UNEXPECTED_FRAME: u16 = 505;
@@ -104,9 +103,6 @@ impl AmqpError {
     }
     pub fn frame_error(detail: impl std::fmt::Display) -> Self {
         Self::new(reply::FRAME_ERROR, "FRAME_ERROR", detail)
-    }
-    pub fn syntax_error(detail: impl std::fmt::Display) -> Self {
-        Self::new(reply::SYNTAX_ERROR, "SYNTAX_ERROR", detail)
     }
     pub fn command_invalid(detail: impl std::fmt::Display) -> Self {
         Self::new(reply::COMMAND_INVALID, "COMMAND_INVALID", detail)

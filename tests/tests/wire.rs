@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection, queue};
-use tests::raw::{self, FRAME_END, FRAME_HEARTBEAT, PROTOCOL_HEADER, RawClient, Read};
+use tests::raw::{self, FRAME_END, FRAME_HEARTBEAT, PROTOCOL_HEADER, RawClient, Read, WAIT};
 use tests::{TestBroker, conformance, unique};
 
 /// basic.publish to the default exchange with a routing key no queue has.
@@ -346,30 +346,63 @@ async fn frame_larger_than_frame_max(b: TestBroker) {
     raw::assert_serves(&b.addr()).await;
 }
 
-// An unknown method id in a known class (basic 60/999): RabbitMQ sends nothing and closes the
-// socket at once.
+// Unknown class or method ids. RabbitMQ 3.10 sends nothing and closes the socket at once; the
+// bundled broker deliberately answers with connection.close 540 NOT_IMPLEMENTED naming the
+// method, which tells the client what went wrong. Either way the connection ends and the server
+// keeps serving others.
+async fn expect_unknown_method_refused(c: &mut RawClient, ids: (u16, u16)) {
+    loop {
+        match c.read_within(WAIT).await {
+            Read::Eof => return,
+            Read::Frame(AMQPFrame::Heartbeat) => continue,
+            Read::Frame(AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+            )) => {
+                assert_eq!(
+                    (close.reply_code, close.class_id, close.method_id),
+                    (540, ids.0, ids.1)
+                );
+                assert!(
+                    close.reply_text.as_str().starts_with("NOT_IMPLEMENTED - "),
+                    "{close:?}"
+                );
+                c.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                )
+                .await;
+                c.expect_eof().await;
+                return;
+            }
+            other => panic!("expected a close or the socket closing, got {other:?}"),
+        }
+    }
+}
+
+// An unknown method id in a known class (basic 60/999).
 async fn unknown_method_id(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.open_channel(1).await;
     c.send_bytes(&raw::raw_method(1, 60, 999, &[])).await;
-    c.expect_eof().await;
+    expect_unknown_method_refused(&mut c, (60, 999)).await;
     raw::assert_serves(&b.addr()).await;
 }
 
-// An unknown method id on channel 0 (connection 10/99): the same silent close.
+// An unknown method id on channel 0 (connection 10/99).
 async fn unknown_connection_method_id(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.send_bytes(&raw::raw_method(0, 10, 99, &[])).await;
-    c.expect_eof().await;
+    expect_unknown_method_refused(&mut c, (10, 99)).await;
     raw::assert_serves(&b.addr()).await;
 }
 
-// An unknown class id (999/10): RabbitMQ sends nothing and closes the socket at once.
+// An unknown class id (999/10).
 async fn unknown_class_id(b: TestBroker) {
     let (mut c, _) = RawClient::handshake(&b.addr()).await;
     c.open_channel(1).await;
     c.send_bytes(&raw::raw_method(1, 999, 10, &[])).await;
-    c.expect_eof().await;
+    expect_unknown_method_refused(&mut c, (999, 10)).await;
     raw::assert_serves(&b.addr()).await;
 }
 

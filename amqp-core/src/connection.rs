@@ -84,7 +84,9 @@ impl ConnectionFactory {
             declarations: Mutex::new(Vec::new()),
             last_error: Mutex::new("not connected yet".into()),
         });
-        let conn = Connection { shared: shared.clone() };
+        let conn = Connection {
+            shared: shared.clone(),
+        };
         tokio::spawn(supervise(shared));
         conn.link(conn.shared.factory.unreachable_after).await?;
         Ok(conn)
@@ -92,7 +94,11 @@ impl ConnectionFactory {
 
     /// The URLs with their passwords hidden, for messages.
     fn display_addresses(&self) -> String {
-        self.addresses.iter().map(|a| hide_password(a)).collect::<Vec<_>>().join(", ")
+        self.addresses
+            .iter()
+            .map(|a| hide_password(a))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The URL for an attempt, with the heartbeat as lapin expects it.
@@ -139,7 +145,10 @@ pub(crate) enum Link {
     /// Connecting or reconnecting.
     Connecting,
     /// Up. `generation` counts successful (re)connections, so users can tell a new one.
-    Up { conn: Arc<lapin::Connection>, generation: u64 },
+    Up {
+        conn: Arc<lapin::Connection>,
+        generation: u64,
+    },
     /// Closed by the application.
     Closed,
 }
@@ -167,7 +176,10 @@ impl Connection {
                 Link::Closed => return Err(Error::Closed),
                 _ => {}
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return Err(self.unreachable(wait));
             }
         }
@@ -179,7 +191,9 @@ impl Connection {
         let mut rx = self.shared.state.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                Link::Up { conn, generation } if *generation > seen && conn.status().connected() => {
+                Link::Up { conn, generation }
+                    if *generation > seen && conn.status().connected() =>
+                {
                     return Some((conn.clone(), *generation));
                 }
                 Link::Closed => return None,
@@ -297,7 +311,10 @@ async fn supervise(shared: Arc<Shared>) {
             tracing::info!(generation, "connection recovered");
         }
         let mut events = conn.events_listener();
-        let up = Link::Up { conn: conn.clone(), generation };
+        let up = Link::Up {
+            conn: conn.clone(),
+            generation,
+        };
         // A close() racing with us wins: never overwrite Closed.
         let published = shared.state.send_if_modified(|s| {
             if matches!(s, Link::Closed) {
@@ -365,10 +382,13 @@ async fn wait_or_closed(shared: &Shared, d: Duration) -> bool {
 }
 
 /// Tries each address in turn; the error of the last one if none answers.
-async fn connect_any(factory: &ConnectionFactory) -> std::result::Result<lapin::Connection, String> {
+async fn connect_any(
+    factory: &ConnectionFactory,
+) -> std::result::Result<lapin::Connection, String> {
     let mut last = String::from("no addresses configured");
     for address in &factory.addresses {
-        let props = ConnectionProperties::default().with_connection_name(factory.name.clone().into());
+        let props =
+            ConnectionProperties::default().with_connection_name(factory.name.clone().into());
         let attempt = tokio::time::timeout(
             Duration::from_secs(10),
             lapin::Connection::connect(&factory.url(address), props),
@@ -385,7 +405,9 @@ async fn connect_any(factory: &ConnectionFactory) -> std::result::Result<lapin::
 
 /// `amqp://user:secret@host/` → `amqp://user:***@host/`.
 fn hide_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     match rest.split_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}"),

@@ -15,10 +15,14 @@ pub trait MessageConverter: Send + Sync + 'static {
     fn content_type(&self) -> &str;
 
     /// Serializes a value into a body.
-    fn to_body<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>>;
+    fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>>;
 
     /// Deserializes a body; `content_type` is the message's, if it had one.
-    fn from_body<T: DeserializeOwned>(&self, body: &[u8], content_type: Option<&str>) -> Result<T>;
+    fn deserialize<T: DeserializeOwned>(
+        &self,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<T>;
 }
 
 /// JSON through `serde_json` (`application/json`).
@@ -30,11 +34,18 @@ impl MessageConverter for JsonConverter {
         "application/json"
     }
 
-    fn to_body<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
-        serde_json::to_vec(value).map_err(|e| Error::Serialize { type_name: std::any::type_name::<T>(), source: Box::new(e) })
+    fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|e| Error::Serialize {
+            type_name: std::any::type_name::<T>(),
+            source: Box::new(e),
+        })
     }
 
-    fn from_body<T: DeserializeOwned>(&self, body: &[u8], content_type: Option<&str>) -> Result<T> {
+    fn deserialize<T: DeserializeOwned>(
+        &self,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<T> {
         serde_json::from_slice(body).map_err(|e| Error::Deserialize {
             type_name: std::any::type_name::<T>(),
             content_type: content_type.map(str::to_owned),
@@ -55,9 +66,13 @@ mod tests {
     #[test]
     fn json_round_trips_and_names_the_type_on_failure() {
         let c = JsonConverter;
-        let body = c.to_body(&Order { id: 7 }).unwrap();
-        assert_eq!(c.from_body::<Order>(&body, Some("application/json")).unwrap(), Order { id: 7 });
-        let err = c.from_body::<Order>(b"{", None).unwrap_err().to_string();
+        let body = c.serialize(&Order { id: 7 }).unwrap();
+        assert_eq!(
+            c.deserialize::<Order>(&body, Some("application/json"))
+                .unwrap(),
+            Order { id: 7 }
+        );
+        let err = c.deserialize::<Order>(b"{", None).unwrap_err().to_string();
         assert!(err.contains("Order"), "{err}");
     }
 }

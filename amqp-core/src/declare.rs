@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
@@ -136,7 +138,13 @@ pub struct Queue {
 impl Queue {
     /// A durable queue.
     pub fn durable(name: impl Into<String>) -> Self {
-        Self { name: name.into(), durable: true, exclusive: false, auto_delete: false, arguments: FieldTable::default() }
+        Self {
+            name: name.into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        }
     }
     /// A non-durable queue (gone when the broker restarts).
     pub fn transient(name: impl Into<String>) -> Self {
@@ -164,11 +172,17 @@ impl Queue {
     }
     /// Where rejected and expired messages go.
     pub fn dead_letter_exchange(self, exchange: &str) -> Self {
-        self.argument("x-dead-letter-exchange", AMQPValue::LongString(exchange.into()))
+        self.argument(
+            "x-dead-letter-exchange",
+            AMQPValue::LongString(exchange.into()),
+        )
     }
     /// The routing key dead-lettered messages get (default: their own).
     pub fn dead_letter_routing_key(self, key: &str) -> Self {
-        self.argument("x-dead-letter-routing-key", AMQPValue::LongString(key.into()))
+        self.argument(
+            "x-dead-letter-routing-key",
+            AMQPValue::LongString(key.into()),
+        )
     }
     /// How long a message may wait in the queue.
     pub fn message_ttl(self, ttl: Duration) -> Self {
@@ -224,7 +238,12 @@ impl Binding {
         Self::with(Destination::Exchange(exchange.into()))
     }
     fn with(destination: Destination) -> Self {
-        Self { destination, source: String::new(), routing_key: String::new(), arguments: FieldTable::default() }
+        Self {
+            destination,
+            source: String::new(),
+            routing_key: String::new(),
+            arguments: FieldTable::default(),
+        }
     }
     /// The source exchange.
     pub fn to(mut self, exchange: impl Into<String>) -> Self {
@@ -328,7 +347,14 @@ async fn declare_one(ch: &Channel, item: &Declarable) -> Result<()> {
                 internal: x.internal,
                 ..Default::default()
             };
-            let r = ch.exchange_declare(x.name.as_str().into(), x.kind.kind(), opts, x.arguments.clone()).await;
+            let r = ch
+                .exchange_declare(
+                    x.name.as_str().into(),
+                    x.kind.kind(),
+                    opts,
+                    x.arguments.clone(),
+                )
+                .await;
             ("exchange", x.name.clone(), r.map(drop))
         }
         Declarable::Queue(q) => {
@@ -338,7 +364,9 @@ async fn declare_one(ch: &Channel, item: &Declarable) -> Result<()> {
                 auto_delete: q.auto_delete,
                 ..Default::default()
             };
-            let r = ch.queue_declare(q.name.as_str().into(), opts, q.arguments.clone()).await;
+            let r = ch
+                .queue_declare(q.name.as_str().into(), opts, q.arguments.clone())
+                .await;
             ("queue", q.name.clone(), r.map(drop))
         }
         Declarable::Binding(b) => {
@@ -368,8 +396,16 @@ async fn declare_one(ch: &Channel, item: &Declarable) -> Result<()> {
         }
     };
     result.map_err(|source| match reply_code(&source) {
-        Some(406) => Error::DeclarationConflict { kind, name, detail: broker_text(&source) },
-        _ => Error::Declaration { kind, name, source },
+        Some(406) => Error::DeclarationConflict {
+            kind,
+            name,
+            detail: broker_text(&source),
+        },
+        _ => Error::Declaration {
+            kind,
+            name,
+            source: Box::new(source),
+        },
     })
 }
 

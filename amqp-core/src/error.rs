@@ -19,7 +19,9 @@ pub enum Error {
     #[error("the connection is closed")]
     Closed,
     /// The broker refused the message (`basic.nack`).
-    #[error("broker nacked the message published to exchange '{exchange}' with routing key '{routing_key}'")]
+    #[error(
+        "broker nacked the message published to exchange '{exchange}' with routing key '{routing_key}'"
+    )]
     Nacked {
         /// The exchange published to.
         exchange: String,
@@ -27,7 +29,9 @@ pub enum Error {
         routing_key: String,
     },
     /// A mandatory message matched no queue and came back (`basic.return`).
-    #[error("message returned as unroutable ({reply_code} {reply_text}): exchange '{exchange}', routing key '{routing_key}'")]
+    #[error(
+        "message returned as unroutable ({reply_code} {reply_text}): exchange '{exchange}', routing key '{routing_key}'"
+    )]
     Returned {
         /// The exchange published to.
         exchange: String,
@@ -39,7 +43,9 @@ pub enum Error {
         reply_text: String,
     },
     /// The broker did not confirm a publish in time.
-    #[error("no publisher confirm within {timeout:?} for exchange '{exchange}', routing key '{routing_key}'")]
+    #[error(
+        "no publisher confirm within {timeout:?} for exchange '{exchange}', routing key '{routing_key}'"
+    )]
     ConfirmTimeout {
         /// The exchange published to.
         exchange: String,
@@ -57,10 +63,22 @@ pub enum Error {
         routing_key: String,
         /// What the client library reported.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
+    },
+    /// The reply channel closed (the connection dropped) before the reply arrived.
+    #[error(
+        "the reply to the request sent to exchange '{exchange}' with routing key '{routing_key}' was lost: the reply channel closed"
+    )]
+    ReplyLost {
+        /// The exchange the request went to.
+        exchange: String,
+        /// The request's routing key.
+        routing_key: String,
     },
     /// No reply arrived in time for a request.
-    #[error("no reply within {timeout:?} to the request sent to exchange '{exchange}' with routing key '{routing_key}'")]
+    #[error(
+        "no reply within {timeout:?} to the request sent to exchange '{exchange}' with routing key '{routing_key}'"
+    )]
     ReplyTimeout {
         /// The exchange the request went to.
         exchange: String,
@@ -88,7 +106,7 @@ pub enum Error {
         name: String,
         /// What the client library reported.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// A payload could not be serialized.
     #[error("cannot serialize {type_name}: {source}")]
@@ -112,11 +130,17 @@ pub enum Error {
     },
     /// Any other AMQP failure.
     #[error("AMQP error: {0}")]
-    Amqp(#[from] lapin::Error),
+    Amqp(Box<lapin::Error>),
     /// The embedded broker could not start.
     #[cfg(feature = "embedded-broker")]
     #[error("embedded broker: {0}")]
     EmbeddedBroker(#[from] amqp_broker::Error),
+}
+
+impl From<lapin::Error> for Error {
+    fn from(e: lapin::Error) -> Self {
+        Self::Amqp(Box::new(e))
+    }
 }
 
 /// `Result` with the framework's [`Error`].

@@ -18,7 +18,10 @@ pub struct Message {
 impl Message {
     /// A message with this body and default properties (made persistent when sent).
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Self { body: body.into(), properties: BasicProperties::default() }
+        Self {
+            body: body.into(),
+            properties: BasicProperties::default(),
+        }
     }
 
     /// Replaces the properties.
@@ -61,6 +64,9 @@ impl Metadata {
 
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&AMQPValue> {
-        self.properties.headers().as_ref().and_then(|h: &FieldTable| h.inner().get(name))
+        self.properties
+            .headers()
+            .as_ref()
+            .and_then(|h: &FieldTable| h.inner().get(name))
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
 use parking_lot::Mutex;
@@ -54,7 +56,9 @@ pub struct Template<C: MessageConverter = JsonConverter> {
 
 impl<C: MessageConverter> Clone for Template<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -115,7 +119,9 @@ impl<C: MessageConverter> Template<C> {
             rpc: tokio::sync::Mutex::new(None),
         };
         f(&mut fresh);
-        Self { inner: Arc::new(fresh) }
+        Self {
+            inner: Arc::new(fresh),
+        }
     }
 
     /// Sends with the `mandatory` flag: a message no queue takes comes back as
@@ -147,19 +153,36 @@ impl<C: MessageConverter> Template<C> {
 
     /// Converts `payload` and sends it: `content_type` from the converter, the type's name in the
     /// `__TypeId__` header, a fresh `message_id`, a `timestamp`, and persistent delivery.
-    pub async fn convert_and_send<T: Serialize + ?Sized>(&self, exchange: &str, routing_key: &str, payload: &T) -> Result<()> {
-        let message = self.to_message(payload)?;
+    pub async fn convert_and_send<T: Serialize + ?Sized>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &T,
+    ) -> Result<()> {
+        let message = self.message_for(payload)?;
         self.send(exchange, routing_key, message).await
     }
 
     /// Sends a message as it is (made persistent unless its delivery mode says otherwise) and
     /// waits for the broker's confirm.
-    pub async fn send(&self, exchange: &str, routing_key: &str, mut message: Message) -> Result<()> {
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mut message: Message,
+    ) -> Result<()> {
         if message.properties.delivery_mode().is_none() {
             message.properties = message.properties.with_delivery_mode(2);
         }
         let channel = self.publisher().await?;
-        self.publish_on(&channel, exchange, routing_key, message, self.inner.mandatory).await
+        self.publish_on(
+            &channel,
+            exchange,
+            routing_key,
+            message,
+            self.inner.mandatory,
+        )
+        .await
     }
 
     /// Takes one message from `queue` (`basic.get`, acknowledged on receipt), polling until one
@@ -168,10 +191,15 @@ impl<C: MessageConverter> Template<C> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let channel = self.publisher().await?;
-            let got = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await?;
+            let got = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await?;
             if let Some(got) = got {
                 let d = got.delivery;
-                return Ok(Some(Message { body: d.data, properties: d.properties }));
+                return Ok(Some(Message {
+                    body: d.data,
+                    properties: d.properties,
+                }));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(None);
@@ -181,16 +209,26 @@ impl<C: MessageConverter> Template<C> {
     }
 
     /// [`receive`](Self::receive), then converts the body.
-    pub async fn receive_and_convert<T: DeserializeOwned>(&self, queue: &str, timeout: Duration) -> Result<Option<T>> {
+    pub async fn receive_and_convert<T: DeserializeOwned>(
+        &self,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>> {
         match self.receive(queue, timeout).await? {
-            Some(m) => Ok(Some(self.from_message(&m)?)),
+            Some(m) => Ok(Some(self.payload_of(&m)?)),
             None => Ok(None),
         }
     }
 
     /// Sends a request and waits up to `timeout` for the reply, over direct reply-to. The request
     /// is mandatory: if no queue takes it, the error comes at once rather than at the timeout.
-    pub async fn send_and_receive(&self, exchange: &str, routing_key: &str, mut request: Message, timeout: Duration) -> Result<Message> {
+    pub async fn send_and_receive(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mut request: Message,
+        timeout: Duration,
+    ) -> Result<Message> {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         request.properties = request
             .properties
@@ -200,39 +238,57 @@ impl<C: MessageConverter> Template<C> {
         let (tx, rx) = oneshot::channel();
         pending.lock().insert(correlation_id.clone(), tx);
         // Whatever happens next, the entry goes: no leaked waiters.
-        let _guard = RemoveOnDrop { pending: &pending, key: &correlation_id };
-        self.publish_on(&channel, exchange, routing_key, request, true).await?;
+        let _guard = RemoveOnDrop {
+            pending: &pending,
+            key: &correlation_id,
+        };
+        self.publish_on(&channel, exchange, routing_key, request, true)
+            .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(Error::Publish {
+            Ok(Err(_)) => Err(Error::ReplyLost {
                 exchange: exchange.into(),
                 routing_key: routing_key.into(),
-                source: lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                    lapin::ChannelState::Closed,
-                    "the reply channel closed before the reply arrived",
-                )),
             }),
-            Err(_) => Err(Error::ReplyTimeout { exchange: exchange.into(), routing_key: routing_key.into(), timeout }),
+            Err(_) => Err(Error::ReplyTimeout {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                timeout,
+            }),
         }
     }
 
     /// Converts a request, sends it, waits for the reply and converts that.
-    pub async fn convert_send_and_receive<Req, Resp>(&self, exchange: &str, routing_key: &str, request: &Req, timeout: Duration) -> Result<Resp>
+    pub async fn convert_send_and_receive<Req, Resp>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp>
     where
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let message = self.to_message(request)?;
-        let reply = self.send_and_receive(exchange, routing_key, message, timeout).await?;
-        self.from_message(&reply)
+        let message = self.message_for(request)?;
+        let reply = self
+            .send_and_receive(exchange, routing_key, message, timeout)
+            .await?;
+        self.payload_of(&reply)
     }
 
     /// A converted message with the template's default properties.
-    pub(crate) fn to_message<T: Serialize + ?Sized>(&self, payload: &T) -> Result<Message> {
-        let body = self.inner.converter.to_body(payload)?;
+    pub(crate) fn message_for<T: Serialize + ?Sized>(&self, payload: &T) -> Result<Message> {
+        let body = self.inner.converter.serialize(payload)?;
         let mut headers = FieldTable::default();
-        headers.insert(TYPE_ID_HEADER.into(), AMQPValue::LongString(std::any::type_name::<T>().into()));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        headers.insert(
+            TYPE_ID_HEADER.into(),
+            AMQPValue::LongString(std::any::type_name::<T>().into()),
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let properties = BasicProperties::default()
             .with_content_type(self.inner.converter.content_type().into())
             .with_headers(headers)
@@ -243,9 +299,13 @@ impl<C: MessageConverter> Template<C> {
     }
 
     /// Converts a message's body.
-    pub(crate) fn from_message<T: DeserializeOwned>(&self, m: &Message) -> Result<T> {
-        let content_type = m.properties.content_type().as_ref().map(ShortString::as_str);
-        self.inner.converter.from_body(&m.body, content_type)
+    pub(crate) fn payload_of<T: DeserializeOwned>(&self, m: &Message) -> Result<T> {
+        let content_type = m
+            .properties
+            .content_type()
+            .as_ref()
+            .map(ShortString::as_str);
+        self.inner.converter.deserialize(&m.body, content_type)
     }
 
     /// The confirm channel, opened (or re-opened after an outage) on demand.
@@ -268,33 +328,70 @@ impl<C: MessageConverter> Template<C> {
         }
         let (ch, _) = self.inner.conn.channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
-        let mut replies = ch.basic_consume(REPLY_TO.into(), "".into(), opts, FieldTable::default()).await?;
+        let opts = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let mut replies = ch
+            .basic_consume(REPLY_TO.into(), "".into(), opts, FieldTable::default())
+            .await?;
         let pending: Pending = Arc::default();
         let waiting = pending.clone();
         tokio::spawn(async move {
             while let Some(Ok(d)) = replies.next().await {
-                let id = d.properties.correlation_id().as_ref().map(|s| s.to_string());
+                let id = d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|s| s.to_string());
                 let waiter = id.as_ref().and_then(|id| waiting.lock().remove(id));
                 match waiter {
                     Some(tx) => {
-                        let _ = tx.send(Message { body: d.data, properties: d.properties });
+                        let _ = tx.send(Message {
+                            body: d.data,
+                            properties: d.properties,
+                        });
                     }
-                    None => tracing::warn!(correlation_id = ?id, "dropping a reply nobody waits for (late or unknown)"),
+                    None => {
+                        tracing::warn!(correlation_id = ?id, "dropping a reply nobody waits for (late or unknown)")
+                    }
                 }
             }
             // The channel is gone: wake the waiters so they fail now, not at their timeout.
             waiting.lock().clear();
         });
-        *slot = Some(Rpc { channel: ch.clone(), pending: pending.clone() });
+        *slot = Some(Rpc {
+            channel: ch.clone(),
+            pending: pending.clone(),
+        });
         Ok((ch, pending))
     }
 
-    async fn publish_on(&self, channel: &lapin::Channel, exchange: &str, routing_key: &str, message: Message, mandatory: bool) -> Result<()> {
-        let publish_error = |source| Error::Publish { exchange: exchange.into(), routing_key: routing_key.into(), source };
-        let options = BasicPublishOptions { mandatory, ..Default::default() };
+    async fn publish_on(
+        &self,
+        channel: &lapin::Channel,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        mandatory: bool,
+    ) -> Result<()> {
+        let publish_error = |source: lapin::Error| Error::Publish {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            source: Box::new(source),
+        };
+        let options = BasicPublishOptions {
+            mandatory,
+            ..Default::default()
+        };
         let confirm = channel
-            .basic_publish(exchange.into(), routing_key.into(), options, &message.body, message.properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                &message.body,
+                message.properties,
+            )
             .await
             .map_err(publish_error)?;
         let confirmation = match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
@@ -309,13 +406,18 @@ impl<C: MessageConverter> Template<C> {
         };
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(Error::Returned {
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(Error::Returned {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                    reply_code: returned.reply_code,
+                    reply_text: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) => Err(Error::Nacked {
                 exchange: exchange.into(),
                 routing_key: routing_key.into(),
-                reply_code: returned.reply_code,
-                reply_text: returned.reply_text.to_string(),
             }),
-            Confirmation::Nack(None) => Err(Error::Nacked { exchange: exchange.into(), routing_key: routing_key.into() }),
         }
     }
 }

@@ -31,13 +31,19 @@ impl ListenerError {
     /// A failure that rejects the message without requeue: it goes to the queue's dead-letter
     /// exchange if it has one, and is dropped otherwise.
     pub fn reject(error: impl Into<BoxError>) -> Self {
-        Self { requeue: false, error: error.into() }
+        Self {
+            requeue: false,
+            error: error.into(),
+        }
     }
 
     /// A failure that puts the message back in the queue (delivered again, marked redelivered).
     /// Use it for transient trouble only: a message that always fails would loop.
     pub fn requeue(error: impl Into<BoxError>) -> Self {
-        Self { requeue: true, error: error.into() }
+        Self {
+            requeue: true,
+            error: error.into(),
+        }
     }
 
     /// Whether the message is to be requeued.
@@ -69,7 +75,10 @@ impl fmt::Display for ListenerError {
 
 impl fmt::Debug for ListenerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListenerError").field("requeue", &self.requeue).field("error", &self.error).finish()
+        f.debug_struct("ListenerError")
+            .field("requeue", &self.requeue)
+            .field("error", &self.error)
+            .finish()
     }
 }
 
@@ -86,7 +95,12 @@ impl Acker {
 
     /// Negatively acknowledges it; with `requeue` it goes back to the queue.
     pub async fn nack(&self, requeue: bool) -> crate::Result<()> {
-        self.0.nack(BasicNackOptions { requeue, ..Default::default() }).await?;
+        self.0
+            .nack(BasicNackOptions {
+                requeue,
+                ..Default::default()
+            })
+            .await?;
         Ok(())
     }
 
@@ -117,7 +131,10 @@ pub(crate) enum Outcome {
 pub(crate) type ErasedHandler = dyn Fn(Incoming) -> BoxFuture<'static, Outcome> + Send + Sync;
 
 /// Wraps a typed handler: decode with `converter`, call, encode a non-`()` result as the reply.
-pub(crate) fn erase<C, T, R, E, F, Fut>(converter: C, f: F) -> impl Fn(Incoming) -> BoxFuture<'static, Outcome> + Send + Sync
+pub(crate) fn erase<C, T, R, E, F, Fut>(
+    converter: C,
+    f: F,
+) -> impl Fn(Incoming) -> BoxFuture<'static, Outcome> + Send + Sync
 where
     C: MessageConverter + Clone,
     T: DeserializeOwned + Send + 'static,
@@ -127,8 +144,13 @@ where
     Fut: std::future::Future<Output = Result<R, E>> + Send + 'static,
 {
     move |incoming: Incoming| {
-        let content_type = incoming.meta.properties.content_type().as_ref().map(|c| c.to_string());
-        let payload = match converter.from_body::<T>(&incoming.body, content_type.as_deref()) {
+        let content_type = incoming
+            .meta
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.to_string());
+        let payload = match converter.deserialize::<T>(&incoming.body, content_type.as_deref()) {
             Ok(p) => p,
             Err(e) => return futures::future::ready(Outcome::Undecodable(e)).boxed(),
         };
@@ -137,7 +159,7 @@ where
         async move {
             match call.await {
                 Ok(_) if TypeId::of::<R>() == TypeId::of::<()>() => Outcome::Done(None),
-                Ok(reply) => match converter.to_body(&reply) {
+                Ok(reply) => match converter.serialize(&reply) {
                     Ok(body) => Outcome::Done(Some((body, converter.content_type().to_owned()))),
                     Err(e) => Outcome::Failed(e.into()),
                 },

@@ -95,7 +95,9 @@ pub struct Listener<C = JsonConverter> {
 
 impl<C: std::fmt::Debug> std::fmt::Debug for Listener<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Listener")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -175,7 +177,10 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
         Fut: std::future::Future<Output = std::result::Result<R, E>> + Send + 'static,
     {
         let handler = handler::erase(self.converter.clone(), f);
-        Listener { settings: self, handler: Arc::new(handler) }
+        Listener {
+            settings: self,
+            handler: Arc::new(handler),
+        }
     }
 }
 
@@ -241,7 +246,10 @@ impl ListenerHandle {
         let workers = std::mem::take(&mut self.workers);
         let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
         let all = futures::future::join_all(workers);
-        if tokio::time::timeout(self.shutdown_timeout, all).await.is_err() {
+        if tokio::time::timeout(self.shutdown_timeout, all)
+            .await
+            .is_err()
+        {
             tracing::warn!(queue = %self.queue, "handlers still running after {:?}; abandoning them", self.shutdown_timeout);
             for a in aborts {
                 a.abort();

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use tokio::sync::{oneshot, watch};
@@ -35,7 +36,11 @@ pub(crate) struct Context {
 /// ended (its queue was deleted, say).
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run(ctx: Arc<Context>, ready: oneshot::Sender<Result<()>>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    ctx: Arc<Context>,
+    ready: oneshot::Sender<Result<()>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ready = Some(ready);
     // Generations already consumed on; 0 lets the first wait take any connection.
     let mut seen = 0;
@@ -44,7 +49,9 @@ pub(crate) async fn run(ctx: Arc<Context>, ready: oneshot::Sender<Result<()>>, m
             link = ctx.conn.next_link(seen) => link,
             _ = stopped(&mut stop) => None,
         };
-        let Some((conn, generation)) = link else { return };
+        let Some((conn, generation)) = link else {
+            return;
+        };
         let subscribed = subscribe(&ctx, &conn).await;
         let (channel, mut consumer) = match subscribed {
             Ok(pair) => pair,
@@ -96,11 +103,26 @@ pub(crate) async fn run(ctx: Arc<Context>, ready: oneshot::Sender<Result<()>>, m
     }
 }
 
-async fn subscribe(ctx: &Context, conn: &lapin::Connection) -> Result<(lapin::Channel, lapin::Consumer)> {
+async fn subscribe(
+    ctx: &Context,
+    conn: &lapin::Connection,
+) -> Result<(lapin::Channel, lapin::Consumer)> {
     let channel = conn.create_channel().await?;
-    channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
-    let options = BasicConsumeOptions { no_ack: ctx.ack_mode == AckMode::None, ..Default::default() };
-    let consumer = channel.basic_consume(ctx.queue.as_str().into(), "".into(), options, FieldTable::default()).await?;
+    channel
+        .basic_qos(ctx.prefetch, BasicQosOptions::default())
+        .await?;
+    let options = BasicConsumeOptions {
+        no_ack: ctx.ack_mode == AckMode::None,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            ctx.queue.as_str().into(),
+            "".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await?;
     Ok((channel, consumer))
 }
 

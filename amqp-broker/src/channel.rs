@@ -15,6 +15,7 @@ use bytes::BytesMut;
 
 use crate::codec::{FrameWriter, short};
 use crate::config::Config;
+use crate::dead_letter::Reason;
 use crate::error::{AmqpError, AmqpResult, reply};
 use crate::exchange::Destination;
 use crate::message::{Credit, Message, QueuedMessage};
@@ -502,25 +503,34 @@ impl Channel {
             }
             M::Get(g) => self.get(io, g)?,
             M::Ack(a) => {
-                self.settle(Settle {
-                    delivery_tag: a.delivery_tag,
-                    multiple: a.multiple,
-                    reject: None,
-                })?;
+                self.settle(
+                    io,
+                    Settle {
+                        delivery_tag: a.delivery_tag,
+                        multiple: a.multiple,
+                        reject: None,
+                    },
+                )?;
             }
             M::Nack(n) => {
-                self.settle(Settle {
-                    delivery_tag: n.delivery_tag,
-                    multiple: n.multiple,
-                    reject: Some(n.requeue),
-                })?;
+                self.settle(
+                    io,
+                    Settle {
+                        delivery_tag: n.delivery_tag,
+                        multiple: n.multiple,
+                        reject: Some(n.requeue),
+                    },
+                )?;
             }
             M::Reject(r) => {
-                self.settle(Settle {
-                    delivery_tag: r.delivery_tag,
-                    multiple: false,
-                    reject: Some(r.requeue),
-                })?;
+                self.settle(
+                    io,
+                    Settle {
+                        delivery_tag: r.delivery_tag,
+                        multiple: false,
+                        reject: Some(r.requeue),
+                    },
+                )?;
             }
             // RabbitMQ only implements recover with requeue.
             M::Recover(basic::Recover { requeue: false })
@@ -698,13 +708,13 @@ impl Channel {
 
     // ----- acknowledgements -----
 
-    fn settle(&mut self, s: Settle) -> AmqpResult {
+    fn settle(&mut self, io: &mut ConnIo<'_>, s: Settle) -> AmqpResult {
         self.check_tag(s)?;
         if let Some(tx) = &mut self.tx {
             tx.settles.push(s);
             return Ok(());
         }
-        self.apply_settle(s);
+        self.apply_settle(io, s);
         Ok(())
     }
 
@@ -719,7 +729,7 @@ impl Channel {
         )))
     }
 
-    fn apply_settle(&mut self, s: Settle) {
+    fn apply_settle(&mut self, io: &mut ConnIo<'_>, s: Settle) {
         let settled: Vec<Unacked> = if s.multiple {
             let upto = if s.delivery_tag == 0 {
                 u64::MAX
@@ -735,10 +745,13 @@ impl Channel {
         };
         match s.reject {
             Some(true) => self.requeue(settled),
-            _ => {
-                // Acked, or rejected without requeue (dropped: dead-lettering comes with the
-                // queue features).
+            reject => {
+                // Acked, or rejected without requeue (dead-lettered if the queue says so).
                 for u in &settled {
+                    if reject == Some(false) {
+                        io.vhost
+                            .dead_letter(&u.queue, &u.entry.msg, Reason::Rejected);
+                    }
                     u.queue.settle(&u.entry);
                     if let Some(c) = &u.consumer {
                         c.release();
@@ -933,7 +946,7 @@ impl Channel {
                     self.route_and_enqueue(io, &p, msg)?;
                 }
                 for s in tx.settles {
-                    self.apply_settle(s);
+                    self.apply_settle(io, s);
                 }
                 self.reply(io, AMQPClass::Tx(M::CommitOk(tx::CommitOk {})));
             }

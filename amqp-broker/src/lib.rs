@@ -20,6 +20,7 @@ mod channel;
 mod codec;
 mod config;
 mod connection;
+mod dead_letter;
 mod error;
 mod exchange;
 mod message;

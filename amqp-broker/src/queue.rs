@@ -109,18 +109,22 @@ pub(crate) struct Queue {
     pub auto_delete: bool,
     /// `x-` arguments as declared (compared on redeclare).
     pub arguments: FieldTable,
-    /// Limits read from the arguments.
-    limits: Limits,
+    /// What the arguments ask for (limits, dead-lettering).
+    pub policy: Policy,
     state: Mutex<State>,
 }
 
-/// What `x-max-length` and `x-overflow` ask for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Limits {
-    /// Most ready messages the queue holds.
+/// What a queue's `x-` arguments ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// Most ready messages the queue holds (`x-max-length`).
     pub max_length: Option<u64>,
-    /// What happens to a message that would exceed it.
+    /// What happens to a message that would exceed it (`x-overflow`).
     pub overflow: Overflow,
+    /// Where rejected messages are republished (`x-dead-letter-exchange`).
+    pub dead_letter_exchange: Option<ShortString>,
+    /// The routing key they get there (`x-dead-letter-routing-key`; default: their own).
+    pub dead_letter_routing_key: Option<ShortString>,
 }
 
 /// `x-overflow`.
@@ -133,28 +137,40 @@ pub(crate) enum Overflow {
     RejectPublish,
 }
 
-impl Limits {
-    /// Reads and checks the limit arguments (406 for bad values, with RabbitMQ's wording).
+impl Policy {
+    /// Reads and checks the arguments (406 for bad values, with RabbitMQ's wording).
     pub fn from_arguments(args: &FieldTable, queue: &ShortString, vhost: &str) -> AmqpResult<Self> {
         let invalid = |key: &str, why: &str| {
             AmqpError::precondition_failed(format_args!(
                 "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
             ))
         };
-        let mut limits = Limits::default();
+        let mut policy = Policy::default();
         if let Some(v) = args.inner().get("x-max-length") {
             let n = integer(v).ok_or_else(|| invalid("x-max-length", "{unacceptable_type}"))?;
-            limits.max_length =
+            policy.max_length =
                 Some(u64::try_from(n).map_err(|_| invalid("x-max-length", "{value_negative}"))?);
         }
         if let Some(v) = args.inner().get("x-overflow") {
-            limits.overflow = match text(v).as_deref() {
+            policy.overflow = match text(v).as_deref() {
                 Some("drop-head") => Overflow::DropHead,
                 Some("reject-publish") => Overflow::RejectPublish,
                 _ => return Err(invalid("x-overflow", "{unacceptable_value}")),
             };
         }
-        Ok(limits)
+        for (key, slot) in [
+            ("x-dead-letter-exchange", &mut policy.dead_letter_exchange),
+            (
+                "x-dead-letter-routing-key",
+                &mut policy.dead_letter_routing_key,
+            ),
+        ] {
+            if let Some(v) = args.inner().get(key) {
+                let name = text(v).ok_or_else(|| invalid(key, "{unacceptable_type}"))?;
+                *slot = Some(ShortString::from(name));
+            }
+        }
+        Ok(policy)
     }
 }
 
@@ -224,7 +240,7 @@ impl Queue {
         exclusive_owner: Option<ConnId>,
         auto_delete: bool,
         arguments: FieldTable,
-        limits: Limits,
+        policy: Policy,
     ) -> Arc<Self> {
         Arc::new(Self {
             name,
@@ -232,7 +248,7 @@ impl Queue {
             exclusive_owner,
             auto_delete,
             arguments,
-            limits,
+            policy,
             state: Mutex::new(State::default()),
         })
     }
@@ -252,12 +268,12 @@ impl Queue {
         if st.deleted {
             return Enqueued::Gone;
         }
-        if let Some(max) = self.limits.max_length {
+        if let Some(max) = self.policy.max_length {
             // The limit counts ready messages; a message that a consumer can take at once never
             // waits, so deliver first.
             self.dispatch_locked(&mut st);
             if st.ready.len() as u64 >= max {
-                match self.limits.overflow {
+                match self.policy.overflow {
                     Overflow::RejectPublish => return Enqueued::Rejected,
                     Overflow::DropHead => {
                         if max == 0 {

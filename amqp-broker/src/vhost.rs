@@ -11,9 +11,11 @@ use std::sync::Arc;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use parking_lot::{Mutex, RwLock};
 
+use crate::dead_letter::{Reason, dead_lettered};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{ConnId, Consumer, Counts, Limits, Queue};
+use crate::message::Message;
+use crate::queue::{ConnId, Consumer, Counts, Policy, Queue};
 
 /// Exchanges every vhost has, as in RabbitMQ.
 const BUILT_IN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -229,6 +231,19 @@ impl Vhost {
         Ok(())
     }
 
+    /// Where a message the broker itself publishes goes (internal exchanges included; none if
+    /// the exchange is missing).
+    fn route_any(
+        &self,
+        exchange: &ShortString,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Route {
+        let topo = self.topology.read();
+        topo.route(exchange, routing_key, headers, &self.name)
+            .unwrap_or_default()
+    }
+
     /// The destinations of a message published to `exchange`: 404 when it does not exist, 403
     /// when it is internal.
     pub fn route(
@@ -238,44 +253,41 @@ impl Vhost {
         headers: Option<&FieldTable>,
     ) -> AmqpResult<Route> {
         let topo = self.topology.read();
-        if exchange.as_str().is_empty() {
-            let queues = topo.queues.get(routing_key).cloned().into_iter().collect();
-            return Ok(Route { queues });
-        }
-        let x = topo.exchange(exchange, &self.name)?;
-        if x.internal {
+        if let Some(x) = topo.exchanges.get(exchange).filter(|x| x.internal) {
             return Err(AmqpError::access_refused(format_args!(
-                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                self.name
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                x.name, self.name
             )));
         }
-        // Follow exchange-to-exchange bindings breadth-first, each exchange once.
-        let mut seen_exchanges = BTreeSet::from([exchange.clone()]);
-        let mut pending = vec![x];
-        let mut queue_names = BTreeSet::new();
-        while let Some(x) = pending.pop() {
-            let mut out = BTreeSet::new();
-            x.route(routing_key, headers, &mut out);
-            for d in out {
-                match d {
-                    Destination::Queue(q) => {
-                        queue_names.insert(q);
-                    }
-                    Destination::Exchange(e) => {
-                        if let Some(next) = topo.exchanges.get(&e) {
-                            if seen_exchanges.insert(e) {
-                                pending.push(next);
-                            }
-                        }
-                    }
-                }
-            }
+        topo.route(exchange, routing_key, headers, &self.name)
+    }
+
+    /// Republishes a message `queue` rejected to the queue's dead-letter exchange, if it has one
+    /// (with no such exchange, or no route from it, the message is dropped, as in RabbitMQ).
+    pub fn dead_letter(&self, queue: &Queue, msg: &Message, reason: Reason) {
+        let Some(exchange) = queue.policy.dead_letter_exchange.clone() else {
+            return;
+        };
+        let routing_key = queue
+            .policy
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| msg.routing_key.clone());
+        let dead = Arc::new(dead_lettered(
+            msg,
+            &queue.name,
+            reason,
+            exchange,
+            routing_key,
+        ));
+        let route = self.route_any(
+            &dead.exchange,
+            dead.routing_key.as_str(),
+            dead.properties.headers().as_ref(),
+        );
+        for q in route.queues {
+            q.publish(dead.clone());
         }
-        let queues = queue_names
-            .iter()
-            .filter_map(|q| topo.queues.get(q).cloned())
-            .collect();
-        Ok(Route { queues })
     }
 
     // ----- queues -----
@@ -325,14 +337,14 @@ impl Vhost {
             return Ok((q, counts));
         }
         let owner = flags.exclusive.then_some(conn);
-        let limits = Limits::from_arguments(arguments, &name, &self.name)?;
+        let policy = Policy::from_arguments(arguments, &name, &self.name)?;
         let q = Queue::new(
             name.clone(),
             flags.durable,
             owner,
             flags.auto_delete,
             arguments.clone(),
-            limits,
+            policy,
         );
         topo.queues.insert(name, q.clone());
         let counts = q.counts();
@@ -409,6 +421,47 @@ impl Vhost {
 }
 
 impl Topology {
+    /// The queues a message reaches from `exchange` (404 if it does not exist), following
+    /// exchange-to-exchange bindings, each exchange once.
+    fn route(
+        &self,
+        exchange: &ShortString,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        vhost: &str,
+    ) -> AmqpResult<Route> {
+        if exchange.as_str().is_empty() {
+            let queues = self.queues.get(routing_key).cloned().into_iter().collect();
+            return Ok(Route { queues });
+        }
+        let mut seen_exchanges = BTreeSet::from([exchange.clone()]);
+        let mut pending = vec![self.exchange(exchange, vhost)?];
+        let mut queue_names = BTreeSet::new();
+        while let Some(x) = pending.pop() {
+            let mut out = BTreeSet::new();
+            x.route(routing_key, headers, &mut out);
+            for d in out {
+                match d {
+                    Destination::Queue(q) => {
+                        queue_names.insert(q);
+                    }
+                    Destination::Exchange(e) => {
+                        if let Some(next) = self.exchanges.get(&e) {
+                            if seen_exchanges.insert(e) {
+                                pending.push(next);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let queues = queue_names
+            .iter()
+            .filter_map(|q| self.queues.get(q).cloned())
+            .collect();
+        Ok(Route { queues })
+    }
+
     fn exchange(&self, name: &ShortString, vhost: &str) -> AmqpResult<&Exchange> {
         self.exchanges
             .get(name)

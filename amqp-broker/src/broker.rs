@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, User};
 use crate::connection;
 use crate::error::Error;
+use crate::registry::{ConnectionInfo, Registry};
 use crate::vhost::Vhost;
 
 /// Builds a [`Broker`]; every setting has RabbitMQ's default.
@@ -78,9 +79,11 @@ impl BrokerBuilder {
         let config = Arc::new(self.config);
         let vhost = Vhost::new("/");
         let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
+        let registry = Arc::new(Registry::default());
         let server = Server {
             config: config.clone(),
             vhost: vhost.clone(),
+            registry: registry.clone(),
             signal: shutdown_rx,
         };
         let task = tokio::spawn(server.run(listener));
@@ -89,6 +92,7 @@ impl BrokerBuilder {
             local_addr,
             config,
             vhost,
+            registry,
             signal: shutdown_tx,
             task: Some(task),
         })
@@ -100,9 +104,6 @@ impl BrokerBuilder {
 pub(crate) enum Signal {
     /// Keep serving.
     Run,
-    /// Close every open connection (320 CONNECTION_FORCED) but keep accepting new ones. The number
-    /// makes each kick a distinct value so that a second kick is seen too.
-    Kick(u64),
     /// Close everything and stop accepting.
     Shutdown,
 }
@@ -114,6 +115,7 @@ pub struct Broker {
     local_addr: SocketAddr,
     config: Arc<Config>,
     vhost: Arc<Vhost>,
+    registry: Arc<Registry>,
     signal: watch::Sender<Signal>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -146,16 +148,22 @@ impl Broker {
         format!("amqp://{user}:{password}@{}/%2f", self.local_addr)
     }
 
+    /// The client connections being served.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.registry.list()
+    }
+
     /// Closes every client connection with 320 CONNECTION_FORCED, as `rabbitmqctl
-    /// close_all_connections` does; new connections are still accepted.
-    pub fn close_all_connections(&self) {
-        self.signal.send_modify(|s| {
-            let n = match *s {
-                Signal::Kick(n) => n + 1,
-                _ => 0,
-            };
-            *s = Signal::Kick(n);
-        });
+    /// close_all_connections` does; new connections are still accepted. Returns how many.
+    pub fn close_all_connections(&self) -> usize {
+        self.registry.close_where(|_| true)
+    }
+
+    /// Closes the connections whose client gave this `connection_name` (320
+    /// CONNECTION_FORCED); returns how many.
+    pub fn close_connections_named(&self, name: &str) -> usize {
+        self.registry
+            .close_where(|c| c.name.as_deref() == Some(name))
     }
 
     /// Number of queues in the default vhost (for tests and metrics).
@@ -186,6 +194,7 @@ impl Drop for Broker {
 struct Server {
     config: Arc<Config>,
     vhost: Arc<Vhost>,
+    registry: Arc<Registry>,
     signal: watch::Receiver<Signal>,
 }
 
@@ -207,6 +216,7 @@ impl Server {
                     let ctx = connection::Context {
                         config: self.config.clone(),
                         vhost: self.vhost.clone(),
+                        registry: self.registry.clone(),
                         signal: self.signal.clone(),
                     };
                     connections.spawn(async move {

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::broker::Signal;
@@ -26,6 +26,7 @@ use crate::codec::{self, Frame, FrameWriter, PROTOCOL_HEADER, short};
 use crate::config::Config;
 use crate::error::AmqpError;
 use crate::queue::{ConnId, Outbound, Outbox};
+use crate::registry::{ConnectionInfo, Registry};
 use crate::vhost::Vhost;
 
 /// Everything a connection needs from the broker.
@@ -33,6 +34,7 @@ use crate::vhost::Vhost;
 pub(crate) struct Context {
     pub config: Arc<Config>,
     pub vhost: Arc<Vhost>,
+    pub registry: Arc<Registry>,
     pub signal: watch::Receiver<Signal>,
 }
 
@@ -65,7 +67,14 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
     match handshake {
         Ok(Ok(Some(tuned))) => {
             let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, id, "connection open");
+            tracing::debug!(%peer, id, name = ?tuned.name, "connection open");
+            let info = ConnectionInfo {
+                id,
+                name: tuned.name.clone(),
+                peer,
+                user: tuned.user.clone(),
+            };
+            let registration = ctx.registry.register(info);
             let (outbox, inbox) = mpsc::unbounded_channel();
             let mut conn = Conn {
                 id,
@@ -78,7 +87,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 closing: None,
                 write_tx: write_tx.clone(),
             };
-            conn.run(&mut reader, inbox).await;
+            conn.run(&mut reader, inbox, &registration.close).await;
             conn.release_all();
         }
         Ok(Ok(None)) => {}
@@ -156,6 +165,8 @@ struct Tuned {
     cancel_notify: bool,
     /// The user who logged in (a published `user_id` must match it).
     user: String,
+    /// The client's `connection_name`, if it gave one.
+    name: Option<String>,
 }
 
 /// Protocol header, start/start-ok (authentication), tune/tune-ok, open/open-ok.
@@ -254,6 +265,13 @@ async fn handshake(
         heartbeat_secs: tune_ok.heartbeat,
         cancel_notify: caps.contains("consumer_cancel_notify"),
         user,
+        name: match start_ok.client_properties.inner().get("connection_name") {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+            _ => None,
+        },
     };
 
     let open = match next_frame(reader, tuned.frame_max).await {
@@ -413,7 +431,12 @@ enum Next {
 }
 
 impl Conn {
-    async fn run(&mut self, reader: &mut Reader, mut inbox: mpsc::UnboundedReceiver<Outbound>) {
+    async fn run(
+        &mut self,
+        reader: &mut Reader,
+        mut inbox: mpsc::UnboundedReceiver<Outbound>,
+        close_requested: &Notify,
+    ) {
         let heartbeat = Duration::from_secs(u64::from(self.tuned.heartbeat_secs));
         let mut ticker = tokio::time::interval(if heartbeat.is_zero() {
             Duration::from_secs(3600)
@@ -481,6 +504,9 @@ impl Conn {
                             "broker forced connection closure with reason 'shutdown'",
                         ));
                     }
+                }
+                _ = close_requested.notified(), if self.closing.is_none() => {
+                    self.connection_error(AmqpError::connection_forced("Closed via management plugin"));
                 }
                 _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => return,
             }

@@ -25,8 +25,10 @@ mod error;
 mod exchange;
 mod message;
 mod queue;
+mod registry;
 mod vhost;
 
 pub use broker::{Broker, BrokerBuilder};
 pub use config::{Config, User};
 pub use error::Error;
+pub use registry::ConnectionInfo;

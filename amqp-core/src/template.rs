@@ -141,6 +141,16 @@ impl<C: MessageConverter> Template<C> {
         self.rebuild(|i| i.confirm_timeout = timeout)
     }
 
+    /// How many requests are waiting for their replies right now (0 when every
+    /// [`send_and_receive`](Self::send_and_receive) has returned, however it ended).
+    pub fn pending_requests(&self) -> usize {
+        match self.inner.rpc.try_lock() {
+            Ok(slot) => slot.as_ref().map_or(0, |rpc| rpc.pending.lock().len()),
+            // Someone is opening the reply channel: nothing can be pending on it yet.
+            Err(_) => 0,
+        }
+    }
+
     /// The connection this template uses.
     pub fn connection(&self) -> &Connection {
         &self.inner.conn

@@ -11,6 +11,7 @@
 //! Passing on both is how we know a test encodes RabbitMQ's behaviour and not our guess.
 //! Names in tests must be unique per run ([`unique`]) so that parallel tests can share a RabbitMQ.
 
+pub mod proxy;
 pub mod raw;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +109,57 @@ impl TestBroker {
             .unwrap_or(&self.url);
         let rest = rest.trim_start_matches("amqp://");
         rest.split('/').next().unwrap_or(rest).to_string()
+    }
+
+    /// Closes, from the broker's side (320 CONNECTION_FORCED), every connection whose client named
+    /// itself `name`: through the embedding API on the bundled broker, with `rabbitmqctl
+    /// close_connection` on RabbitMQ (so that tests sharing that RabbitMQ are not disturbed).
+    /// Returns how many were closed.
+    pub async fn close_connections_named(&self, name: &str) -> usize {
+        if let Some(broker) = &self.broker {
+            return broker.close_connections_named(name);
+        }
+        let list = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "pid",
+                "client_properties",
+                "-q",
+                "--no-table-headers",
+            ])
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        assert!(
+            list.status.success(),
+            "rabbitmqctl list_connections: {list:?}"
+        );
+        let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+        let mut closed = 0;
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let Some((pid, props)) = line.split_once('\t') else {
+                continue;
+            };
+            if !props.contains(&wanted) {
+                continue;
+            }
+            let status = tokio::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "closed by a test"])
+                .output()
+                .await
+                .expect("rabbitmqctl runs");
+            assert!(
+                status.status.success(),
+                "rabbitmqctl close_connection: {status:?}"
+            );
+            closed += 1;
+        }
+        closed
+    }
+
+    /// The URL with its host and port replaced by `addr` (to go through a [`proxy::Proxy`]).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        self.url.replacen(&self.addr(), &addr.to_string(), 1)
     }
 
     /// The bundled broker itself (`None` for RabbitMQ).

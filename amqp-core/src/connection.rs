@@ -206,8 +206,13 @@ impl Connection {
     /// A new channel on the current connection, waiting out an outage up to the factory's
     /// `unreachable_after`. Returns the connection generation it belongs to.
     pub(crate) async fn channel(&self) -> Result<(lapin::Channel, u64)> {
-        let wait = self.shared.factory.unreachable_after;
-        let deadline = Instant::now() + wait;
+        self.channel_by(Instant::now() + self.unreachable_wait())
+            .await
+    }
+
+    /// [`channel`](Self::channel) with a deadline of the caller's.
+    pub(crate) async fn channel_by(&self, deadline: Instant) -> Result<(lapin::Channel, u64)> {
+        let wait = self.unreachable_wait();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (conn, generation) = self.link(left).await?;
@@ -252,6 +257,20 @@ impl Connection {
         Ok(())
     }
 
+    /// Declares again everything declared through this connection (after a listener found its
+    /// queue gone, for instance). Failures are logged, not returned: each item is tried.
+    pub(crate) async fn redeclare(&self) {
+        let declarations = self.shared.declarations.lock().clone();
+        if declarations.is_empty() {
+            return;
+        }
+        if let Ok((conn, _)) = self.link(Duration::ZERO).await {
+            if let Err(e) = declare_each(&conn, &declarations).await {
+                tracing::warn!("re-declaring failed: {e}");
+            }
+        }
+    }
+
     /// Closes the connection for good: recovery stops, users see [`Error::Closed`].
     pub async fn close(&self) {
         let previous = self.shared.state.send_replace(Link::Closed);
@@ -260,7 +279,13 @@ impl Connection {
         }
     }
 
-    fn unreachable(&self, waited: Duration) -> Error {
+    /// How long operations wait out an outage.
+    pub(crate) fn unreachable_wait(&self) -> Duration {
+        self.shared.factory.unreachable_after
+    }
+
+    /// The error for an outage that outlasted the wait.
+    pub(crate) fn unreachable(&self, waited: Duration) -> Error {
         Error::Unreachable {
             addresses: self.shared.factory.display_addresses(),
             waited,
@@ -291,19 +316,9 @@ async fn supervise(shared: Arc<Shared>) {
             }
         };
         let declarations = shared.declarations.lock().clone();
-        if !declarations.is_empty() {
-            match conn.create_channel().await {
-                Ok(ch) => {
-                    if let Err(e) = crate::declare::declare_all(&ch, &declarations).await {
-                        tracing::error!("re-declaring after reconnection failed: {e}");
-                    }
-                    let _ = ch.close(200, "declared".into()).await;
-                }
-                Err(e) => {
-                    *shared.last_error.lock() = e.to_string();
-                    continue;
-                }
-            }
+        if let Err(e) = declare_each(&conn, &declarations).await {
+            *shared.last_error.lock() = e.to_string();
+            continue;
         }
         generation += 1;
         backoff = factory.initial_backoff;
@@ -360,6 +375,23 @@ async fn supervise(shared: Arc<Shared>) {
             true
         });
     }
+}
+
+/// Declares each item on its own (a failure closes only the channel it happened on, so the rest
+/// go on a new one); failures are logged. Errors only if no channel can be opened.
+async fn declare_each(conn: &lapin::Connection, items: &[Declarable]) -> lapin::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut ch = conn.create_channel().await?;
+    for item in items {
+        if let Err(e) = crate::declare::declare_all(&ch, std::slice::from_ref(item)).await {
+            tracing::error!("re-declaring after reconnection failed: {e}");
+            ch = conn.create_channel().await?;
+        }
+    }
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
 }
 
 /// Sleeps for `d` unless the connection is closed first (returns true then).

@@ -146,6 +146,22 @@ impl From<lapin::Error> for Error {
 /// `Result` with the framework's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether a lapin error means the connection (or its channel) went away, as opposed to the
+/// broker refusing something: such a failure is worth retrying on the next connection.
+pub(crate) fn is_connection_loss(e: &lapin::Error) -> bool {
+    use lapin::ErrorKind as K;
+    match e.kind() {
+        K::IOError(_)
+        | K::InvalidConnectionState(_)
+        | K::InvalidChannelState(..)
+        | K::MissingHeartbeatError
+        | K::RuntimeShutdownError(_) => true,
+        // CONNECTION_FORCED: closed by an operator or a broker shutting down.
+        K::ProtocolError(p) => p.get_id() == 320,
+        _ => false,
+    }
+}
+
 /// The AMQP reply code inside a lapin error, if the broker sent one.
 pub(crate) fn reply_code(e: &lapin::Error) -> Option<u16> {
     match e.kind() {

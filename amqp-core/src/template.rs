@@ -15,10 +15,11 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::connection::Connection;
 use crate::converter::{JsonConverter, MessageConverter};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_connection_loss};
 use crate::message::{Message, TYPE_ID_HEADER};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
@@ -184,15 +185,38 @@ impl<C: MessageConverter> Template<C> {
         if message.properties.delivery_mode().is_none() {
             message.properties = message.properties.with_delivery_mode(2);
         }
-        let channel = self.publisher().await?;
-        self.publish_on(
-            &channel,
-            exchange,
-            routing_key,
-            message,
-            self.inner.mandatory,
-        )
-        .await
+        // A send that the connection's loss interrupted goes again on the next connection, until
+        // the outage outlasts the wait. (The broker may have had the first copy: at least once.)
+        let deadline = Instant::now() + self.inner.conn.unreachable_wait();
+        loop {
+            let channel = self.publisher(deadline).await?;
+            match self
+                .publish_on(
+                    &channel,
+                    exchange,
+                    routing_key,
+                    &message,
+                    self.inner.mandatory,
+                )
+                .await
+            {
+                Err(Error::Publish { source, .. }) if is_connection_loss(&source) => {
+                    if Instant::now() >= deadline {
+                        return Err(self
+                            .inner
+                            .conn
+                            .unreachable(self.inner.conn.unreachable_wait()));
+                    }
+                    tracing::debug!(
+                        exchange,
+                        routing_key,
+                        "send interrupted, retrying: {source}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Takes one message from `queue` (`basic.get`, acknowledged on receipt), polling until one
@@ -200,7 +224,9 @@ impl<C: MessageConverter> Template<C> {
     pub async fn receive(&self, queue: &str, timeout: Duration) -> Result<Option<Message>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let channel = self.publisher().await?;
+            let channel = self
+                .publisher(Instant::now() + self.inner.conn.unreachable_wait())
+                .await?;
             let got = channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await?;
@@ -252,7 +278,7 @@ impl<C: MessageConverter> Template<C> {
             pending: &pending,
             key: &correlation_id,
         };
-        self.publish_on(&channel, exchange, routing_key, request, true)
+        self.publish_on(&channel, exchange, routing_key, &request, true)
             .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -319,12 +345,12 @@ impl<C: MessageConverter> Template<C> {
     }
 
     /// The confirm channel, opened (or re-opened after an outage) on demand.
-    async fn publisher(&self) -> Result<lapin::Channel> {
+    async fn publisher(&self, deadline: Instant) -> Result<lapin::Channel> {
         let mut slot = self.inner.publisher.lock().await;
         if let Some(ch) = slot.as_ref().filter(|ch| ch.status().connected()) {
             return Ok(ch.clone());
         }
-        let (ch, _) = self.inner.conn.channel().await?;
+        let (ch, _) = self.inner.conn.channel_by(deadline).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         *slot = Some(ch.clone());
         Ok(ch)
@@ -382,7 +408,7 @@ impl<C: MessageConverter> Template<C> {
         channel: &lapin::Channel,
         exchange: &str,
         routing_key: &str,
-        message: Message,
+        message: &Message,
         mandatory: bool,
     ) -> Result<()> {
         let publish_error = |source: lapin::Error| Error::Publish {
@@ -400,7 +426,7 @@ impl<C: MessageConverter> Template<C> {
                 routing_key.into(),
                 options,
                 &message.body,
-                message.properties,
+                message.properties.clone(),
             )
             .await
             .map_err(publish_error)?;

@@ -64,6 +64,8 @@ pub(crate) async fn run(
                 if sleep_or_stop(&mut stop, RESUBSCRIBE_DELAY).await {
                     return;
                 }
+                // The queue may have gone with the old connection (an exclusive one, say).
+                ctx.conn.redeclare().await;
                 seen = generation - 1;
                 continue;
             }
@@ -98,6 +100,7 @@ pub(crate) async fn run(
             if sleep_or_stop(&mut stop, RESUBSCRIBE_DELAY).await {
                 return;
             }
+            ctx.conn.redeclare().await;
             seen = generation - 1;
         }
     }

@@ -336,7 +336,7 @@ async fn manual_and_none_ack_modes(b: TestBroker) {
         .handler_with_metadata(move |j: Job, meta: Metadata| {
             let tx = tx.clone();
             async move {
-                if j.id % 2 == 0 {
+                if j.id.is_multiple_of(2) {
                     meta.acker()
                         .expect("manual mode has an acker")
                         .ack()

@@ -265,18 +265,18 @@ where
         values: &tracing::span::Record<'_>,
         ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        if let Some(span) = ctx.span(id) {
-            if let Some(fields) = span.extensions_mut().get_mut::<Fields>() {
-                values.record(fields);
-            }
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
+        {
+            values.record(fields);
         }
     }
 
     fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if let Some(span) = ctx.span(&id) {
-            if let Some(fields) = span.extensions().get::<Fields>() {
-                self.0.lock().push(fields.0.clone());
-            }
+        if let Some(span) = ctx.span(&id)
+            && let Some(fields) = span.extensions().get::<Fields>()
+        {
+            self.0.lock().push(fields.0.clone());
         }
     }
 }

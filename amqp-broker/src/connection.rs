@@ -73,6 +73,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 name: tuned.name.clone(),
                 peer,
                 user: tuned.user.clone(),
+                heartbeat_secs: tuned.heartbeat_secs,
             };
             let registration = ctx.registry.register(info);
             let (outbox, inbox) = mpsc::unbounded_channel();

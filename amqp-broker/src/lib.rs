@@ -15,6 +15,8 @@
 //! Data flows one way: socket → frame codec → connection task → channel state → exchange routing →
 //! queue → consumer delivery → socket. See `DESIGN.md` in the repository for the whole picture.
 
+#![warn(missing_docs)]
+
 mod broker;
 mod channel;
 mod codec;

@@ -13,6 +13,8 @@
 //!
 //! `#[rabbit_listener]` (from `amqp-macros`) arrives with its own issue.
 
+#![warn(missing_docs)]
+
 mod connection;
 mod converter;
 mod declare;

@@ -294,15 +294,18 @@ async fn recovers_when_the_broker_restarts_on_the_same_port() {
     let port = broker.port();
     let url = broker.amqp_url();
     let name = unique("core.restart");
-    let conn = within("connect", factory(&url, &name).connect())
+    let conn = within("connect", factory(&url, &name).heartbeat_secs(7).connect())
         .await
         .expect("connect");
-    assert!(
-        broker
-            .connections()
-            .iter()
-            .any(|c| c.name.as_deref() == Some(name.as_str())),
-        "the connection name is visible to the broker"
+    let seen = broker.connections();
+    let mine = seen
+        .iter()
+        .find(|c| c.name.as_deref() == Some(name.as_str()));
+    let mine =
+        mine.unwrap_or_else(|| panic!("the connection name is visible to the broker: {seen:?}"));
+    assert_eq!(
+        mine.heartbeat_secs, 7,
+        "the heartbeat asked for is the one agreed"
     );
     let q = unique("core.restart.q");
     conn.declare(Queue::durable(&q)).await.expect("declare");

@@ -128,6 +128,9 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The application's setup is wrong (two listeners with one id, an unknown listener name).
+    #[error("configuration: {0}")]
+    Configuration(String),
     /// Any other AMQP failure.
     #[error("AMQP error: {0}")]
     Amqp(Box<lapin::Error>),

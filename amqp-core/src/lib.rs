@@ -15,21 +15,28 @@
 
 #![warn(missing_docs)]
 
+mod app;
 mod connection;
 mod converter;
 mod declare;
 mod error;
+mod extract;
 mod listener;
 mod message;
 mod template;
+#[cfg(feature = "embedded-broker")]
+pub mod testing;
 
 #[cfg(feature = "embedded-broker")]
 pub use amqp_broker as broker;
 
+pub use app::definition::ListenerDefinition;
+pub use app::{App, RunningApp};
 pub use connection::{Connection, ConnectionFactory};
 pub use converter::{JsonConverter, MessageConverter};
 pub use declare::{Binding, Declarable, Declarables, Exchange, ExchangeType, Queue, text};
 pub use error::{Error, Result};
+pub use extract::{Delivery, FromDelivery, HandlerFn, IntoOutcome, Outcome, State, StateMap};
 pub use listener::{AckMode, Acker, Listener, ListenerBuilder, ListenerError, ListenerHandle};
 pub use message::{Message, Metadata, TYPE_ID_HEADER};
 pub use template::Template;
@@ -38,4 +45,12 @@ pub use template::Template;
 pub mod types {
     pub use lapin::BasicProperties;
     pub use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+}
+
+/// What `#[rabbit_listener]` expands to refers to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::app::definition::{ArgValue, ListenerDefinition};
+    pub use futures::future::BoxFuture;
+    pub use inventory;
 }

@@ -1,17 +1,16 @@
 //! Handlers with their types erased: a typed `async fn(T) -> Result<R, E>` becomes one function
 //! from an incoming body to an [`Outcome`] the container acts on.
 
-use std::any::TypeId;
 use std::fmt;
+use std::sync::Arc;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::converter::MessageConverter;
-use crate::error::Error;
+use crate::extract::{Delivery, HandlerFn, Outcome, outcome_with};
 use crate::message::Metadata;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,30 +110,8 @@ impl Acker {
     }
 }
 
-/// A delivery as a handler receives it.
-pub(crate) struct Incoming {
-    pub body: Vec<u8>,
-    pub meta: Metadata,
-}
-
-/// What the handler made of a delivery.
-pub(crate) enum Outcome {
-    /// Handled; with a body to send to `reply_to` (and its content type) when there is one.
-    Done(Option<(Vec<u8>, String)>),
-    /// The handler failed.
-    Failed(ListenerError),
-    /// The body did not convert to the handler's type.
-    Undecodable(Error),
-}
-
-/// A handler with its types erased.
-pub(crate) type ErasedHandler = dyn Fn(Incoming) -> BoxFuture<'static, Outcome> + Send + Sync;
-
 /// Wraps a typed handler: decode with `converter`, call, encode a non-`()` result as the reply.
-pub(crate) fn erase<C, T, R, E, F, Fut>(
-    converter: C,
-    f: F,
-) -> impl Fn(Incoming) -> BoxFuture<'static, Outcome> + Send + Sync
+pub(crate) fn erase<C, T, R, E, F, Fut>(converter: C, f: F) -> HandlerFn
 where
     C: MessageConverter + Clone,
     T: DeserializeOwned + Send + 'static,
@@ -143,29 +120,19 @@ where
     F: Fn(T, Metadata) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<R, E>> + Send + 'static,
 {
-    move |incoming: Incoming| {
-        let content_type = incoming
+    Arc::new(move |delivery: Delivery| {
+        let content_type = delivery
             .meta
             .properties
             .content_type()
             .as_ref()
             .map(|c| c.to_string());
-        let payload = match converter.deserialize::<T>(&incoming.body, content_type.as_deref()) {
+        let payload = match converter.deserialize::<T>(&delivery.body, content_type.as_deref()) {
             Ok(p) => p,
             Err(e) => return futures::future::ready(Outcome::Undecodable(e)).boxed(),
         };
-        let call = f(payload, incoming.meta);
+        let call = f(payload, delivery.meta);
         let converter = converter.clone();
-        async move {
-            match call.await {
-                Ok(_) if TypeId::of::<R>() == TypeId::of::<()>() => Outcome::Done(None),
-                Ok(reply) => match converter.serialize(&reply) {
-                    Ok(body) => Outcome::Done(Some((body, converter.content_type().to_owned()))),
-                    Err(e) => Outcome::Failed(e.into()),
-                },
-                Err(e) => Outcome::Failed(e.into()),
-            }
-        }
-        .boxed()
-    }
+        async move { outcome_with(&converter, call.await) }.boxed()
+    })
 }

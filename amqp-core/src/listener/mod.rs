@@ -27,11 +27,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::handler::ErasedHandler;
 pub use self::handler::{Acker, ListenerError};
 use crate::connection::Connection;
 use crate::converter::{JsonConverter, MessageConverter};
 use crate::error::Result;
+use crate::extract::{HandlerFn, StateMap};
 use crate::message::Metadata;
 
 /// How deliveries are acknowledged.
@@ -55,6 +55,7 @@ pub struct ListenerBuilder<C = JsonConverter> {
     ack_mode: AckMode,
     shutdown_timeout: Duration,
     converter: C,
+    state: StateMap,
 }
 
 /// A queue with a handler, ready to [`start`](Listener::start).
@@ -90,7 +91,7 @@ pub struct ListenerBuilder<C = JsonConverter> {
 /// ```
 pub struct Listener<C = JsonConverter> {
     settings: ListenerBuilder<C>,
-    handler: Arc<ErasedHandler>,
+    handler: HandlerFn,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for Listener<C> {
@@ -112,6 +113,7 @@ impl Listener<JsonConverter> {
             ack_mode: AckMode::Auto,
             shutdown_timeout: Duration::from_secs(30),
             converter: JsonConverter,
+            state: StateMap::default(),
         }
     }
 }
@@ -150,6 +152,27 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
             ack_mode: self.ack_mode,
             shutdown_timeout: self.shutdown_timeout,
             converter,
+            state: self.state,
+        }
+    }
+
+    /// Shares state with extractor-based handlers ([`crate::State`]).
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Replaces all shared state at once.
+    pub fn state_map(mut self, state: StateMap) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// A handler that takes the whole [`crate::Delivery`] (what `#[rabbit_listener]` generates).
+    pub fn delivery_handler(self, handler: HandlerFn) -> Listener<C> {
+        Listener {
+            settings: self,
+            handler,
         }
     }
 
@@ -179,7 +202,7 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
         let handler = handler::erase(self.converter.clone(), f);
         Listener {
             settings: self,
-            handler: Arc::new(handler),
+            handler,
         }
     }
 }
@@ -195,6 +218,7 @@ impl<C: MessageConverter + Clone> Listener<C> {
             prefetch: self.settings.prefetch,
             ack_mode: self.settings.ack_mode,
             handler: self.handler,
+            state: Arc::new(self.settings.state.clone()),
             conn: conn.clone(),
             replies: crate::Template::new(conn.clone()),
         });

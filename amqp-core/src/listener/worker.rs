@@ -15,9 +15,10 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::AckMode;
-use super::handler::{Acker, ErasedHandler, Incoming, Outcome};
+use super::handler::Acker;
 use crate::connection::Connection;
 use crate::error::Result;
+use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
 use crate::message::{Message, Metadata};
 use crate::template::Template;
 
@@ -26,7 +27,9 @@ pub(crate) struct Context {
     pub queue: String,
     pub prefetch: u16,
     pub ack_mode: AckMode,
-    pub handler: Arc<ErasedHandler>,
+    pub handler: HandlerFn,
+    /// Shared with extractor-based handlers.
+    pub state: Arc<StateMap>,
     pub conn: Connection,
     /// Sends handlers' replies.
     pub replies: Template,
@@ -167,7 +170,8 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
         let reply_to = meta.properties.reply_to().as_ref().map(|r| r.to_string());
         let correlation_id = meta.properties.correlation_id().clone();
         let message_id = meta.message_id().unwrap_or("").to_owned();
-        let call = (ctx.handler)(Incoming { body: d.data, meta });
+        let delivery = Delivery { body: d.data, meta, state: ctx.state.clone(), template: ctx.replies.clone() };
+        let call = (ctx.handler)(delivery);
         let outcome = match AssertUnwindSafe(call).catch_unwind().await {
             Ok(outcome) => outcome,
             Err(panic) => Outcome::Failed(super::ListenerError::from_panic(panic)),

@@ -436,7 +436,7 @@ async fn connect_any(
 }
 
 /// `amqp://user:secret@host/` → `amqp://user:***@host/`.
-fn hide_password(url: &str) -> String {
+pub(crate) fn hide_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

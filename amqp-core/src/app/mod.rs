@@ -18,7 +18,7 @@ pub(crate) mod definition;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::{Connection, ConnectionFactory};
+use crate::connection::{Connection, ConnectionFactory, hide_password};
 use crate::error::{Error, Result};
 use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
 use crate::listener::{Listener, ListenerHandle};
@@ -346,12 +346,3 @@ async fn wait_for_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-fn hide_password(url: &str) -> String {
-    match url.split_once('@') {
-        Some((creds, host)) => match creds.rsplit_once(':') {
-            Some((user, _)) if user.contains("://") => format!("{user}:***@{host}"),
-            _ => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}

@@ -123,15 +123,7 @@ async fn dead_letter_routing_key_and_x_death(b: TestBroker) {
     .await
     .expect("nack");
 
-    let dead = within("the dead letter", async {
-        loop {
-            if let Some(d) = get(&ch, &dlq).await {
-                break d;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let dead = get_eventually_delivery(&ch, &dlq).await;
     assert_eq!(dead.exchange.as_str(), dlx);
     assert_eq!(dead.routing_key.as_str(), "dead");
     let headers = dead.properties.headers().clone().expect("headers");
@@ -184,15 +176,7 @@ async fn dead_letter_routing_key_and_x_death(b: TestBroker) {
     )
     .await
     .expect("reject");
-    let again = within("the second dead letter", async {
-        loop {
-            if let Some(d) = get(&ch, &dlq).await {
-                break d;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let again = get_eventually_delivery(&ch, &dlq).await;
     let h = again.properties.headers().clone().expect("headers");
     let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else {
         panic!()

@@ -439,10 +439,12 @@ impl Conn {
         close_requested: &Notify,
     ) {
         let heartbeat = Duration::from_secs(u64::from(self.tuned.heartbeat_secs));
+        // Heartbeats go out twice per interval, as RabbitMQ sends them, so a client never waits a
+        // whole interval for one; a client silent for two intervals is dropped.
         let mut ticker = tokio::time::interval(if heartbeat.is_zero() {
             Duration::from_secs(3600)
         } else {
-            heartbeat
+            heartbeat / 2
         });
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;

@@ -351,7 +351,6 @@ fn server_properties() -> FieldTable {
         "exchange_exchange_bindings",
         "basic.nack",
         "consumer_cancel_notify",
-        "connection.blocked",
         "per_consumer_qos",
         "authentication_failure_close",
         "direct_reply_to",

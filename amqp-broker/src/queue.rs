@@ -145,6 +145,23 @@ impl Policy {
                 "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
             ))
         };
+        // Arguments RabbitMQ honours that this broker does not yet: refusing them beats accepting
+        // a queue that silently behaves otherwise (messages that never expire, say).
+        for key in NOT_YET_SUPPORTED {
+            if args.contains_key(key) {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': not supported by this broker yet"
+                )));
+            }
+        }
+        if let Some(kind) = args.inner().get("x-queue-type").and_then(text) {
+            if kind != "classic" {
+                return Err(invalid(
+                    "x-queue-type",
+                    "only classic queues are supported by this broker yet",
+                ));
+            }
+        }
         let mut policy = Policy::default();
         if let Some(v) = args.inner().get("x-max-length") {
             let n = integer(v).ok_or_else(|| invalid("x-max-length", "{unacceptable_type}"))?;
@@ -173,6 +190,16 @@ impl Policy {
         Ok(policy)
     }
 }
+
+/// Queue arguments with RabbitMQ semantics this broker does not implement yet.
+const NOT_YET_SUPPORTED: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
 
 fn integer(v: &AMQPValue) -> Option<i64> {
     Some(match *v {

@@ -19,10 +19,13 @@
 //! ```
 //!
 //! Settings (environment): `BENCH_MESSAGES` (50 000), `BENCH_ROUNDS` (3), `BENCH_WINDOW`
-//! (in-flight publishes, 1000), `BENCH_PREFETCH` (250), `BENCH_RAW_PUBLISH=loop` (raw lapin
+//! (in-flight publishes, 1000), `BENCH_PREFETCH` (250), `BENCH_ONLY=raw|framework` (one variant, for profiling), `BENCH_RAW_PUBLISH=loop` (raw lapin
 //! publishes from a single loop keeping `window` confirms outstanding, instead of from `window`
 //! concurrent sends; lapin's `basic_publish` waits for its frames to be written, so a single
-//! loop writes one message per I/O round and is slower than the framework's pipelining). Figures only, no assertions: the numbers
+//! loop writes one message per I/O round and is slower than the framework's pipelining),
+//! `BENCH_RAW_PROPERTIES=framework` (raw lapin sends the properties the framework adds: a
+//! `__TypeId__` header, a UUID message id and a timestamp, to tell their cost from the
+//! framework's code). Figures only, no assertions: the numbers
 //! depend on the machine and on whatever else it is doing.
 
 use std::hint::black_box;
@@ -39,7 +42,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, ConnectionProperties};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -77,6 +80,16 @@ struct Settings {
     prefetch: u16,
     /// Raw lapin publishes from one loop instead of from `window` concurrent sends.
     raw_loop: bool,
+    /// Raw lapin sends the same properties as the framework (`BENCH_RAW_PROPERTIES=framework`).
+    raw_like_framework: bool,
+    /// Runs one variant only (for profiling): `BENCH_ONLY=raw` or `framework`.
+    only: Option<Variant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Raw,
+    Framework,
 }
 
 impl Settings {
@@ -96,6 +109,14 @@ impl Settings {
             window: var("BENCH_WINDOW", 1000)?.max(1),
             prefetch: var("BENCH_PREFETCH", 250)?,
             raw_loop: std::env::var("BENCH_RAW_PUBLISH").is_ok_and(|v| v == "loop"),
+            raw_like_framework: std::env::var("BENCH_RAW_PROPERTIES")
+                .is_ok_and(|v| v == "framework"),
+            only: match std::env::var("BENCH_ONLY").as_deref() {
+                Ok("raw") => Some(Variant::Raw),
+                Ok("framework") => Some(Variant::Framework),
+                Ok(other) => bail!("BENCH_ONLY={other}: say raw or framework"),
+                Err(_) => None,
+            },
         })
     }
 }
@@ -206,7 +227,7 @@ async fn run_raw(url: &str, queue: &str, s: Settings) -> anyhow::Result<Run> {
                     queue.into(),
                     BasicPublishOptions::default(),
                     &body,
-                    properties.clone(),
+                    raw_properties(&properties, s.raw_like_framework),
                 )
                 .await?;
             in_flight.push(confirm);
@@ -231,7 +252,7 @@ async fn run_raw(url: &str, queue: &str, s: Settings) -> anyhow::Result<Run> {
                         queue.into(),
                         BasicPublishOptions::default(),
                         &body,
-                        properties.clone(),
+                        raw_properties(&properties, s.raw_like_framework),
                     )
                     .await?;
                 expect_ack(Some(confirm.await))
@@ -250,6 +271,27 @@ async fn run_raw(url: &str, queue: &str, s: Settings) -> anyhow::Result<Run> {
         published,
         handled: last - start,
     })
+}
+
+/// The properties of one raw publish: the fixed ones, or with `like_framework` what
+/// `Template::convert_and_send` adds (a type-id header, a fresh message id, a timestamp).
+fn raw_properties(fixed: &BasicProperties, like_framework: bool) -> BasicProperties {
+    if !like_framework {
+        return fixed.clone();
+    }
+    let mut headers = FieldTable::default();
+    headers.insert(
+        amqp_core::TYPE_ID_HEADER.into(),
+        AMQPValue::LongString(std::any::type_name::<Event>().into()),
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    fixed
+        .clone()
+        .with_headers(headers)
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_timestamp(now)
 }
 
 fn expect_ack(c: Option<lapin::Result<Confirmation>>) -> anyhow::Result<()> {
@@ -379,24 +421,30 @@ async fn main() -> anyhow::Result<()> {
     let mut raw = Vec::with_capacity(s.rounds);
     let mut framework = Vec::with_capacity(s.rounds);
     for round in 1..=s.rounds {
-        let r = run_raw(&url, &format!("bench.{run_id}.raw.{round}"), s)
-            .await
-            .with_context(|| format!("raw lapin, round {round}"))?;
-        eprintln!(
-            "round {round} raw lapin: published in {:?}, handled in {:?}",
-            r.published, r.handled
-        );
-        raw.push(r);
-        let f = run_framework(&url, &format!("bench.{run_id}.framework.{round}"), s)
-            .await
-            .with_context(|| format!("framework, round {round}"))?;
-        eprintln!(
-            "round {round} framework: published in {:?}, handled in {:?}",
-            f.published, f.handled
-        );
-        framework.push(f);
+        if s.only != Some(Variant::Framework) {
+            let r = run_raw(&url, &format!("bench.{run_id}.raw.{round}"), s)
+                .await
+                .with_context(|| format!("raw lapin, round {round}"))?;
+            eprintln!(
+                "round {round} raw lapin: published in {:?}, handled in {:?}",
+                r.published, r.handled
+            );
+            raw.push(r);
+        }
+        if s.only != Some(Variant::Raw) {
+            let f = run_framework(&url, &format!("bench.{run_id}.framework.{round}"), s)
+                .await
+                .with_context(|| format!("framework, round {round}"))?;
+            eprintln!(
+                "round {round} framework: published in {:?}, handled in {:?}",
+                f.published, f.handled
+            );
+            framework.push(f);
+        }
     }
-    print_table(s, &raw, &framework);
+    if s.only.is_none() {
+        print_table(s, &raw, &framework);
+    }
     broker.shutdown().await?;
     Ok(())
 }

@@ -126,6 +126,21 @@ impl Settings {
 struct Run {
     published: Duration,
     handled: Duration,
+    /// CPU time the whole process (clients and broker) spent from the first publish to the last
+    /// handled message, if the platform tells: steadier than wall time on a busy machine.
+    cpu: Option<Duration>,
+}
+
+/// CPU time used by this process so far (user + system), from `/proc/self/stat` on Linux.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // USER_HZ, 100 on every Linux platform Rust supports.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// Counts handled messages and reports the time the last one was handled.
@@ -215,6 +230,7 @@ async fn run_raw(url: &str, queue: &str, s: Settings) -> anyhow::Result<Run> {
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
 
+    let cpu_start = process_cpu();
     let start = Instant::now();
     if s.raw_loop {
         // One publishing loop; up to `window` confirms outstanding.
@@ -265,11 +281,13 @@ async fn run_raw(url: &str, queue: &str, s: Settings) -> anyhow::Result<Run> {
     let published = start.elapsed();
 
     let last = wait_handled(finished, &finish).await?;
+    let cpu = process_cpu().zip(cpu_start).map(|(end, start)| end - start);
     consuming.await??;
     let _ = conn.close(200, "bench done".into()).await;
     Ok(Run {
         published,
         handled: last - start,
+        cpu,
     })
 }
 
@@ -320,6 +338,7 @@ async fn run_framework(url: &str, queue: &str, s: Settings) -> anyhow::Result<Ru
     // Open the publisher channel outside the timed part, as the raw variant does.
     template.convert_and_send("", "bench.nowhere", &()).await?;
 
+    let cpu_start = process_cpu();
     let start = Instant::now();
     let failures = AtomicU64::new(0);
     futures::stream::iter(0..s.messages)
@@ -342,11 +361,13 @@ async fn run_framework(url: &str, queue: &str, s: Settings) -> anyhow::Result<Ru
     }
 
     let last = wait_handled(finished, &finish).await?;
+    let cpu = process_cpu().zip(cpu_start).map(|(end, start)| end - start);
     listener.shutdown().await;
     conn.close().await;
     Ok(Run {
         published,
         handled: last - start,
+        cpu,
     })
 }
 
@@ -364,8 +385,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// CPU microseconds per message, if measured.
+fn cpu_us(messages: u64, run: &Run) -> Option<f64> {
+    run.cpu.map(|c| c.as_secs_f64() * 1e6 / messages as f64)
+}
+
 fn print_table(s: Settings, raw: &[Run], framework: &[Run]) {
     let n = s.messages;
+    let cpu_cell = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"));
     println!();
     println!(
         "{n} messages of ~{} B JSON, window {} in-flight publishes, prefetch {}",
@@ -374,36 +401,53 @@ fn print_table(s: Settings, raw: &[Run], framework: &[Run]) {
         s.prefetch
     );
     println!(
-        "{:<12}{:>18}{:>18}{:>18}{:>18}",
-        "round", "raw publish/s", "fw publish/s", "raw e2e/s", "fw e2e/s"
+        "{:<8}{:>15}{:>15}{:>15}{:>15}{:>13}{:>13}",
+        "round", "raw pub/s", "fw pub/s", "raw e2e/s", "fw e2e/s", "raw cpu us", "fw cpu us"
     );
     for (i, (r, f)) in raw.iter().zip(framework).enumerate() {
         println!(
-            "{:<12}{:>18.0}{:>18.0}{:>18.0}{:>18.0}",
+            "{:<8}{:>15.0}{:>15.0}{:>15.0}{:>15.0}{:>13}{:>13}",
             i + 1,
             rate(n, r.published),
             rate(n, f.published),
             rate(n, r.handled),
-            rate(n, f.handled)
+            rate(n, f.handled),
+            cpu_cell(cpu_us(n, r)),
+            cpu_cell(cpu_us(n, f)),
         );
     }
     let med = |runs: &[Run], pick: fn(&Run) -> Duration| {
         median(runs.iter().map(|r| rate(n, pick(r))).collect())
     };
+    let med_cpu = |runs: &[Run]| -> Option<f64> {
+        let v: Option<Vec<f64>> = runs.iter().map(|r| cpu_us(n, r)).collect();
+        v.map(median)
+    };
     let raw_pub = med(raw, |r| r.published);
     let fw_pub = med(framework, |r| r.published);
     let raw_e2e = med(raw, |r| r.handled);
     let fw_e2e = med(framework, |r| r.handled);
+    let (raw_cpu, fw_cpu) = (med_cpu(raw), med_cpu(framework));
     println!(
-        "{:<12}{:>18.0}{:>18.0}{:>18.0}{:>18.0}",
-        "median", raw_pub, fw_pub, raw_e2e, fw_e2e
+        "{:<8}{:>15.0}{:>15.0}{:>15.0}{:>15.0}{:>13}{:>13}",
+        "median",
+        raw_pub,
+        fw_pub,
+        raw_e2e,
+        fw_e2e,
+        cpu_cell(raw_cpu),
+        cpu_cell(fw_cpu)
     );
+    println!("(cpu us: CPU time of the whole process, broker included, per message)");
     println!();
     println!(
         "framework / raw lapin: publish {:.1} %, end-to-end {:.1} %  (target: at least 85 %)",
         100.0 * fw_pub / raw_pub,
         100.0 * fw_e2e / raw_e2e
     );
+    if let (Some(r), Some(f)) = (raw_cpu, fw_cpu) {
+        println!("CPU per message, framework / raw lapin: {:.1} %", 100.0 * f / r);
+    }
 }
 
 #[tokio::main]

@@ -26,7 +26,9 @@
 //! `BENCH_RAW_PROPERTIES=framework` (raw lapin sends the properties the framework adds: a
 //! `__TypeId__` header, a UUID message id and a timestamp, to tell their cost from the
 //! framework's code). Figures only, no assertions: the numbers
-//! depend on the machine and on whatever else it is doing.
+//! depend on the machine and on whatever else it is doing. Run without `--bench` (as
+//! `cargo test --all-targets` does) it makes one quick round of at most 1 000 messages, a smoke
+//! test.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -63,7 +65,10 @@ impl Event {
             .unwrap_or(0);
         Self {
             id,
-            name: format!("order-created/customer-{:08}/region-eu-west-1/batch", id % 100_000_000),
+            name: format!(
+                "order-created/customer-{:08}/region-eu-west-1/batch",
+                id % 100_000_000
+            ),
             timestamp_ms,
         }
     }
@@ -268,7 +273,7 @@ async fn run_raw(url: &str, queue: &str, s: Settings) -> anyhow::Result<Run> {
                         queue.into(),
                         BasicPublishOptions::default(),
                         &body,
-                        raw_properties(&properties, s.raw_like_framework),
+                        raw_properties(properties, s.raw_like_framework),
                     )
                     .await?;
                 expect_ack(Some(confirm.await))
@@ -446,7 +451,10 @@ fn print_table(s: Settings, raw: &[Run], framework: &[Run]) {
         100.0 * fw_e2e / raw_e2e
     );
     if let (Some(r), Some(f)) = (raw_cpu, fw_cpu) {
-        println!("CPU per message, framework / raw lapin: {:.1} %", 100.0 * f / r);
+        println!(
+            "CPU per message, framework / raw lapin: {:.1} %",
+            100.0 * f / r
+        );
     }
 }
 

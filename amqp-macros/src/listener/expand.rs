@@ -99,10 +99,6 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
         Ack::Manual => quote!(::amqp_core::AckMode::Manual),
         Ack::None => quote!(::amqp_core::AckMode::None),
     };
-    // `line!()` at the function's name: the location that duplicate-id errors name.
-    let location = quote_spanned! {Span::call_site().located_at(name.span())=>
-        ::core::concat!(::core::file!(), ":", ::core::line!())
-    };
     quote! {
         ::amqp_core::__private::ListenerDefinition {
             id: #id,
@@ -119,7 +115,7 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
             concurrency: #concurrency,
             ack: #ack,
             handler: __amqp_listener_handler,
-            location: #location,
+            location: ::core::concat!(::core::file!(), ":", ::core::line!()),
         }
     }
 }

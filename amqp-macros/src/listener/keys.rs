@@ -127,7 +127,7 @@ fn unknown_key(input: ParseStream, lookahead: syn::parse::Lookahead1) -> syn::Er
     syn::Error::new_spanned(
         ident,
         format!(
-            "unknown key `{written}`: {suggestion}the keys are {}",
+            "unknown key `{written}`: {suggestion}The keys are {}.",
             names
                 .iter()
                 .map(|n| format!("`{n}`"))

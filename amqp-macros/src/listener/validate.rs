@@ -79,13 +79,14 @@ pub(crate) fn listener(
 
 const EXCHANGE_TYPES: &[&str] = &["direct", "fanout", "topic", "headers"];
 const ACK_MODES: &[&str] = &["auto", "manual", "none"];
-const X_MATCH: &[&str] = &["all", "any"];
+const X_MATCH: &[&str] = &["all", "any", "all-with-x", "any-with-x"];
 
 fn config(v: Values, errors: &mut Errors) -> Option<Config> {
     let before = errors.count();
 
     let queue = v.str(Key::Queue);
-    if !v.given(Key::Queue) {
+    // After a key that did not parse (a misspelled `queue`, say), "missing queue" would be noise.
+    if !v.given(Key::Queue) && !v.unparsed {
         errors.at(
             Span::call_site(),
             "#[rabbit_listener] needs the queue to consume: write `#[rabbit_listener(queue = \"orders\")]`",
@@ -184,16 +185,23 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
             );
         }
     }
-    if let (Some(x_match), Some(lit)) = (v.choice(Key::XMatch, X_MATCH, errors), v.str(Key::XMatch))
-    {
+    let x_match = v.choice(Key::XMatch, X_MATCH, errors);
+    if let (Some(x_match), Some(lit)) = (x_match, v.str(Key::XMatch)) {
         binding_arguments.push("x-match", Arg::Str(x_match.into()), lit);
     }
     for (name, value) in v.table(Key::Headers).unwrap_or_default() {
+        let matches_x = x_match.is_some_and(|m| m.ends_with("-with-x"));
+        if name.value().starts_with("x-") && !matches_x {
+            errors.spanned(
+                name,
+                "a headers exchange does not match headers whose names begin with `x-`: rename it, or add `x_match = \"all-with-x\"` (or \"any-with-x\"; RabbitMQ 3.10+)",
+            );
+        }
         binding_arguments.push(&name.value(), value.clone(), name);
     }
 
     let prefetch = v.int(Key::Prefetch, 0, u16::MAX.into(), errors);
-    let concurrency = v.int(Key::Concurrency, 1, 1024, errors);
+    let concurrency = v.int(Key::Concurrency, 1, u16::MAX.into(), errors);
     let ack = v
         .choice(Key::Ack, ACK_MODES, errors)
         .map(|mode| match mode {
@@ -312,6 +320,8 @@ enum Checked {
 
 /// The attribute's values by key, each checked against its key's [`Kind`].
 struct Values {
+    /// Whether some of the attribute did not parse.
+    unparsed: bool,
     /// Keys that were written, whether or not their value was right.
     given: BTreeMap<Key, Ident>,
     checked: BTreeMap<Key, Checked>,
@@ -320,6 +330,7 @@ struct Values {
 impl Values {
     fn check(entries: Vec<Entry>, errors: &mut Errors) -> Self {
         let mut values = Values {
+            unparsed: errors.count() > 0,
             given: BTreeMap::new(),
             checked: BTreeMap::new(),
         };
@@ -390,18 +401,18 @@ impl Values {
         let Some(Checked::Int(n, expr)) = self.checked.get(&key) else {
             return None;
         };
-        if *n < min || *n > max {
-            errors.spanned(
-                expr,
-                format!(
-                    "`{}` is between {min} and {max}: write e.g. `{}`",
-                    key.name(),
-                    key.example()
-                ),
-            );
-            return None;
-        }
-        Some((*n, expr))
+        let bound = if *n < min {
+            format!("at least {min}")
+        } else if *n > max {
+            format!("at most {max}")
+        } else {
+            return Some((*n, expr));
+        };
+        errors.spanned(
+            expr,
+            format!("`{}` is {bound}: write e.g. `{}`", key.name(), key.example()),
+        );
+        None
     }
 
     /// A string key's value, which must be one of `allowed`.

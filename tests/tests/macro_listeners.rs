@@ -377,10 +377,7 @@ async fn ok_acks_and_err_dead_letters(b: TestBroker) {
         .await
         .expect("the failed job was dead-lettered");
     assert_eq!(dead.len(), 1);
-    assert_eq!(
-        dead[0].payload::<Job>().unwrap(),
-        Job { id: 2, fail: true }
-    );
+    assert_eq!(dead[0].payload::<Job>().unwrap(), Job { id: 2, fail: true });
     assert_eq!(dead[0].metadata.exchange, "macro.e2e.dlx");
     assert!(dead[0].metadata.header("x-death").is_some());
     app.shutdown().await;
@@ -399,7 +396,10 @@ async fn return_value_reaches_reply_to(b: TestBroker) {
         .await
         .expect("a reply");
     assert_eq!(reply, Number(42));
-    let calls = app.calls("double", 1, WAIT).await.expect("double was called");
+    let calls = app
+        .calls("double", 1, WAIT)
+        .await
+        .expect("double was called");
     assert_eq!(calls[0].reply::<Number>(), Some(Number(42)));
     app.shutdown().await;
     delete(&b, &["macro.e2e.rpc"], &[]).await;
@@ -454,7 +454,10 @@ async fn manual_ack_with_acker(b: TestBroker) {
             .expect("send");
     }
     // With prefetch 1 per consumer, four calls only happen if the handler's acks went through.
-    let calls = app.calls("manual", 4, WAIT).await.expect("manual was called");
+    let calls = app
+        .calls("manual", 4, WAIT)
+        .await
+        .expect("manual was called");
     assert_eq!(calls.len(), 4);
     app.shutdown().await;
     assert_eq!(ready(&b, "macro.e2e.manual").await, 0);

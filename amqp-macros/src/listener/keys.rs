@@ -92,12 +92,12 @@ keys! {
     Queue queue: Str, "queue = \"orders\"";
     Exchange exchange: Str, "exchange = \"orders\"";
     ExchangeType exchange_type: Str, "exchange_type = \"topic\"";
-    RoutingKey key: StrList, "key = \"order.*\" or key = [\"order.created\", \"order.paid\"]";
+    RoutingKeys key: StrList, "key = \"order.*\" or key = [\"order.created\", \"order.paid\"]";
     Durable durable: Bool, "durable = false";
     Exclusive exclusive: Bool, "exclusive = true";
     AutoDelete auto_delete: Bool, "auto_delete = true";
     DeadLetterExchange dead_letter_exchange: Str, "dead_letter_exchange = \"orders.dlx\"";
-    DeadLetterRoutingKey dead_letter_routing_key: Str, "dead_letter_routing_key = \"failed\"";
+    DeadLetterRoutingKeys dead_letter_routing_key: Str, "dead_letter_routing_key = \"failed\"";
     MessageTtl message_ttl: Int, "message_ttl = 60000";
     MaxLength max_length: Int, "max_length = 10000";
     Quorum quorum: Flag, "quorum";
@@ -122,18 +122,12 @@ fn unknown_key(input: ParseStream, lookahead: syn::parse::Lookahead1) -> syn::Er
         .map(|name| (edit_distance(&written, name), *name))
         .filter(|(distance, _)| *distance <= 2)
         .min()
-        .map(|(_, name)| format!("did you mean `{name}`? "))
-        .unwrap_or_default();
+        .map(|(_, name)| format!(": did you mean `{name}`? The keys are"))
+        .unwrap_or_else(|| ": the keys are".into());
+    let keys: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     syn::Error::new_spanned(
         ident,
-        format!(
-            "unknown key `{written}`: {suggestion}The keys are {}.",
-            names
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        format!("unknown key `{written}`{suggestion} {}", keys.join(", ")),
     )
 }
 

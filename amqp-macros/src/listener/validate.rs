@@ -106,7 +106,7 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
             "the default exchange cannot be bound to: leave `exchange` out to receive what is sent to the queue by name",
         );
     }
-    for key in [Key::ExchangeType, Key::RoutingKey] {
+    for key in [Key::ExchangeType, Key::RoutingKeys] {
         if let (Some(ident), None) = (v.ident(key), exchange) {
             errors.spanned(
                 ident,
@@ -120,8 +120,8 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
     }
     let exchange_type = v.choice(Key::ExchangeType, EXCHANGE_TYPES, errors);
 
-    let keys = v.list(Key::RoutingKey);
-    if let (Some([]), Some(ident)) = (keys, v.ident(Key::RoutingKey)) {
+    let keys = v.list(Key::RoutingKeys);
+    if let (Some([]), Some(ident)) = (keys, v.ident(Key::RoutingKeys)) {
         errors.spanned(
             ident,
             "`key = []` binds nothing: give at least one key, or leave `key` out to bind with the empty key",
@@ -156,7 +156,7 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
     if let Some(lit) = v.str(Key::DeadLetterExchange) {
         queue_arguments.push("x-dead-letter-exchange", Arg::Str(lit.value()), lit);
     }
-    if let Some(lit) = v.str(Key::DeadLetterRoutingKey) {
+    if let Some(lit) = v.str(Key::DeadLetterRoutingKeys) {
         queue_arguments.push("x-dead-letter-routing-key", Arg::Str(lit.value()), lit);
     }
     if let Some((ttl, expr)) = v.int(Key::MessageTtl, 0, u32::MAX.into(), errors) {
@@ -241,7 +241,7 @@ fn handler(function: &ItemFn, errors: &mut Errors) -> Option<Handler> {
     let sig = &function.sig;
     if sig.asyncness.is_none() {
         errors.spanned(
-            &sig.fn_token,
+            sig.fn_token,
             format!(
                 "#[rabbit_listener] goes on an `async fn`: write `async fn {}(...)`",
                 sig.ident
@@ -410,7 +410,11 @@ impl Values {
         };
         errors.spanned(
             expr,
-            format!("`{}` is {bound}: write e.g. `{}`", key.name(), key.example()),
+            format!(
+                "`{}` is {bound}: write e.g. `{}`",
+                key.name(),
+                key.example()
+            ),
         );
         None
     }

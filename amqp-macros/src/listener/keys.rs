@@ -97,7 +97,7 @@ keys! {
     Exclusive exclusive: Bool, "exclusive = true";
     AutoDelete auto_delete: Bool, "auto_delete = true";
     DeadLetterExchange dead_letter_exchange: Str, "dead_letter_exchange = \"orders.dlx\"";
-    DeadLetterRoutingKeys dead_letter_routing_key: Str, "dead_letter_routing_key = \"failed\"";
+    DeadLetterRouting dead_letter_routing_key: Str, "dead_letter_routing_key = \"failed\"";
     MessageTtl message_ttl: Int, "message_ttl = 60000";
     MaxLength max_length: Int, "max_length = 10000";
     Quorum quorum: Flag, "quorum";

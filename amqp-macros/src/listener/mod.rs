@@ -4,6 +4,7 @@ mod expand;
 mod keys;
 mod parse;
 mod validate;
+mod values;
 
 use proc_macro2::TokenStream;
 use quote::quote;

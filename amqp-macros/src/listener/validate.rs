@@ -2,14 +2,13 @@
 //! the function's signature; the result is a [`Listener`] that `expand` turns into code. Every
 //! problem goes to `Errors` with the tokens it is about.
 
-use std::collections::BTreeMap;
-
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::ToTokens;
-use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, ReturnType, Type, UnOp};
+use syn::{FnArg, ItemFn, LitStr, ReturnType, Type};
 
-use super::keys::{Key, Kind};
-use super::parse::{Entry, TableName, Value};
+use super::keys::Key;
+use super::parse::Entry;
+use super::values::Values;
 use crate::errors::Errors;
 
 /// A listener ready to be expanded.
@@ -131,6 +130,48 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
     let durable = v.bool(Key::Durable);
     let exclusive = v.bool(Key::Exclusive).unwrap_or(false);
     let auto_delete = v.bool(Key::AutoDelete).unwrap_or(false);
+    let queue_arguments = queue_arguments(&v, errors);
+    let binding_arguments = binding_arguments(&v, exchange_type, errors);
+
+    let prefetch = v.int(Key::Prefetch, 0, u16::MAX.into(), errors);
+    let concurrency = v.int(Key::Concurrency, 1, u16::MAX.into(), errors);
+    let ack = v
+        .choice(Key::Ack, ACK_MODES, errors)
+        .map(|mode| match mode {
+            "manual" => Ack::Manual,
+            "none" => Ack::None,
+            _ => Ack::Auto,
+        });
+    let id = v.str(Key::Id);
+    if let Some(lit) = id.filter(|id| id.value().trim().is_empty()) {
+        errors.spanned(lit, "`id` must not be empty: write e.g. `id = \"orders\"`, or leave it out to use the function's path");
+    }
+
+    if errors.count() > before {
+        return None;
+    }
+    Some(Config {
+        id: id.map(LitStr::value),
+        queue: queue?.value(),
+        exchange: exchange.map(LitStr::value),
+        exchange_type: exchange_type.unwrap_or("direct"),
+        keys: keys.unwrap_or_default().iter().map(LitStr::value).collect(),
+        durable: durable.unwrap_or(true),
+        exclusive,
+        auto_delete,
+        queue_arguments,
+        binding_arguments,
+        prefetch: prefetch.map(|(n, _)| n as u16),
+        concurrency: concurrency.map(|(n, _)| n as usize),
+        ack: ack.unwrap_or(Ack::Auto),
+    })
+}
+
+/// `x-dead-letter-exchange`, `x-message-ttl`, ... from their keys, then `arguments(...)`.
+fn queue_arguments(v: &Values, errors: &mut Errors) -> Vec<(String, Arg)> {
+    let durable = v.bool(Key::Durable);
+    let exclusive = v.bool(Key::Exclusive).unwrap_or(false);
+    let auto_delete = v.bool(Key::AutoDelete).unwrap_or(false);
     let quorum = v.bool(Key::Quorum).unwrap_or(false);
     if let (true, Some(ident)) = (quorum, v.ident(Key::Quorum)) {
         let conflicts: Vec<&str> = [
@@ -156,7 +197,7 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
     if let Some(lit) = v.str(Key::DeadLetterExchange) {
         queue_arguments.push("x-dead-letter-exchange", Arg::Str(lit.value()), lit);
     }
-    if let Some(lit) = v.str(Key::DeadLetterRoutingKeys) {
+    if let Some(lit) = v.str(Key::DeadLetterRouting) {
         queue_arguments.push("x-dead-letter-routing-key", Arg::Str(lit.value()), lit);
     }
     if let Some((ttl, expr)) = v.int(Key::MessageTtl, 0, u32::MAX.into(), errors) {
@@ -172,6 +213,15 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         queue_arguments.push(&name.value(), value.clone(), name);
     }
 
+    queue_arguments.finish(errors)
+}
+
+/// `x-match` and `headers(...)`, for a headers exchange only.
+fn binding_arguments(
+    v: &Values,
+    exchange_type: Option<&str>,
+    errors: &mut Errors,
+) -> Vec<(String, Arg)> {
     let mut binding_arguments = Arguments::default();
     for key in [Key::Headers, Key::XMatch] {
         if let (Some(ident), false) = (v.ident(key), exchange_type == Some("headers")) {
@@ -200,40 +250,7 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         binding_arguments.push(&name.value(), value.clone(), name);
     }
 
-    let prefetch = v.int(Key::Prefetch, 0, u16::MAX.into(), errors);
-    let concurrency = v.int(Key::Concurrency, 1, u16::MAX.into(), errors);
-    let ack = v
-        .choice(Key::Ack, ACK_MODES, errors)
-        .map(|mode| match mode {
-            "manual" => Ack::Manual,
-            "none" => Ack::None,
-            _ => Ack::Auto,
-        });
-    let id = v.str(Key::Id);
-    if let Some(lit) = id.filter(|id| id.value().trim().is_empty()) {
-        errors.spanned(lit, "`id` must not be empty: write e.g. `id = \"orders\"`, or leave it out to use the function's path");
-    }
-
-    let queue_arguments = queue_arguments.finish(errors);
-    let binding_arguments = binding_arguments.finish(errors);
-    if errors.count() > before {
-        return None;
-    }
-    Some(Config {
-        id: id.map(LitStr::value),
-        queue: queue?.value(),
-        exchange: exchange.map(LitStr::value),
-        exchange_type: exchange_type.unwrap_or("direct"),
-        keys: keys.unwrap_or_default().iter().map(LitStr::value).collect(),
-        durable: durable.unwrap_or(true),
-        exclusive,
-        auto_delete,
-        queue_arguments,
-        binding_arguments,
-        prefetch: prefetch.map(|(n, _)| n as u16),
-        concurrency: concurrency.map(|(n, _)| n as usize),
-        ack: ack.unwrap_or(Ack::Auto),
-    })
+    binding_arguments.finish(errors)
 }
 
 fn handler(function: &ItemFn, errors: &mut Errors) -> Option<Handler> {
@@ -307,253 +324,6 @@ fn handler(function: &ItemFn, errors: &mut Errors) -> Option<Handler> {
             ReturnType::Type(_, ty) => Some((**ty).clone()),
         },
     })
-}
-
-/// A value that has the shape its key asks for.
-enum Checked {
-    Str(LitStr),
-    Bool(bool),
-    Int(i128, Expr),
-    StrList(Vec<LitStr>),
-    Table(Vec<(TableName, Arg)>),
-}
-
-/// The attribute's values by key, each checked against its key's [`Kind`].
-struct Values {
-    /// Whether some of the attribute did not parse.
-    unparsed: bool,
-    /// Keys that were written, whether or not their value was right.
-    given: BTreeMap<Key, Ident>,
-    checked: BTreeMap<Key, Checked>,
-}
-
-impl Values {
-    fn check(entries: Vec<Entry>, errors: &mut Errors) -> Self {
-        let mut values = Values {
-            unparsed: errors.count() > 0,
-            given: BTreeMap::new(),
-            checked: BTreeMap::new(),
-        };
-        for entry in entries {
-            if !values.once(&entry, errors) {
-                continue;
-            }
-            if let Some(checked) = check(&entry, errors) {
-                values.checked.insert(entry.key, checked);
-            }
-        }
-        values
-    }
-
-    /// Records that `entry`'s key was given; `false` (and an error at the second one) when it
-    /// already was.
-    fn once(&mut self, entry: &Entry, errors: &mut Errors) -> bool {
-        if self.given.contains_key(&entry.key) {
-            errors.spanned(
-                &entry.ident,
-                format!("`{}` is given twice: keep one", entry.key.name()),
-            );
-            return false;
-        }
-        self.given.insert(entry.key, entry.ident.clone());
-        true
-    }
-
-    fn given(&self, key: Key) -> bool {
-        self.given.contains_key(&key)
-    }
-
-    /// The key as written, if it was.
-    fn ident(&self, key: Key) -> Option<&Ident> {
-        self.given.get(&key)
-    }
-
-    fn str(&self, key: Key) -> Option<&LitStr> {
-        match self.checked.get(&key) {
-            Some(Checked::Str(lit)) => Some(lit),
-            _ => None,
-        }
-    }
-
-    fn bool(&self, key: Key) -> Option<bool> {
-        match self.checked.get(&key) {
-            Some(Checked::Bool(b)) => Some(*b),
-            _ => None,
-        }
-    }
-
-    fn list(&self, key: Key) -> Option<&[LitStr]> {
-        match self.checked.get(&key) {
-            Some(Checked::StrList(list)) => Some(list),
-            _ => None,
-        }
-    }
-
-    fn table(&self, key: Key) -> Option<&[(TableName, Arg)]> {
-        match self.checked.get(&key) {
-            Some(Checked::Table(table)) => Some(table),
-            _ => None,
-        }
-    }
-
-    /// An integer key's value, which must lie in `min..=max`.
-    fn int(&self, key: Key, min: i128, max: i128, errors: &mut Errors) -> Option<(i128, &Expr)> {
-        let Some(Checked::Int(n, expr)) = self.checked.get(&key) else {
-            return None;
-        };
-        let bound = if *n < min {
-            format!("at least {min}")
-        } else if *n > max {
-            format!("at most {max}")
-        } else {
-            return Some((*n, expr));
-        };
-        errors.spanned(
-            expr,
-            format!(
-                "`{}` is {bound}: write e.g. `{}`",
-                key.name(),
-                key.example()
-            ),
-        );
-        None
-    }
-
-    /// A string key's value, which must be one of `allowed`.
-    fn choice(
-        &self,
-        key: Key,
-        allowed: &[&'static str],
-        errors: &mut Errors,
-    ) -> Option<&'static str> {
-        let lit = self.str(key)?;
-        let written = lit.value();
-        let found = allowed.iter().find(|a| **a == written).copied();
-        if found.is_none() {
-            errors.spanned(
-                lit,
-                format!(
-                    "`{}` is one of {}, not \"{}\"",
-                    key.name(),
-                    allowed
-                        .iter()
-                        .map(|a| format!("\"{a}\""))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    written.escape_default()
-                ),
-            );
-        }
-        found
-    }
-}
-
-/// Checks an entry's value against its key's kind.
-fn check(entry: &Entry, errors: &mut Errors) -> Option<Checked> {
-    let key = entry.key;
-    let wrong = |errors: &mut Errors, tokens: &dyn ToTokens| {
-        errors.spanned(
-            tokens.to_token_stream(),
-            format!(
-                "`{}` takes {}: write e.g. `{}`",
-                key.name(),
-                key.kind().describe(),
-                key.example()
-            ),
-        );
-        None
-    };
-    match (&entry.value, key.kind()) {
-        (Value::Absent, Kind::Flag) => Some(Checked::Bool(true)),
-        (Value::Absent, _) => wrong(errors, &entry.ident),
-        (Value::Table(table), Kind::Table) => {
-            let mut checked = Vec::with_capacity(table.len());
-            for item in table {
-                match arg(&item.value) {
-                    Some(value) => checked.push((item.name.clone(), value)),
-                    None => errors.spanned(
-                        &item.value,
-                        format!(
-                            "a value in `{}(...)` is a string, an integer, `true` or `false`: write e.g. `{}`",
-                            key.name(),
-                            key.example()
-                        ),
-                    ),
-                }
-            }
-            Some(Checked::Table(checked))
-        }
-        (Value::Table(_), _) => wrong(errors, &entry.ident),
-        (Value::Expr(expr), Kind::Table) => wrong(errors, expr),
-        (Value::Expr(expr), kind) => match (kind, lit(expr)) {
-            (Kind::Str, Some(Lit::Str(s))) => Some(Checked::Str(s.clone())),
-            (Kind::Bool | Kind::Flag, Some(Lit::Bool(b))) => Some(Checked::Bool(b.value)),
-            (Kind::Int, _) => match int(expr) {
-                Some(Ok(n)) => Some(Checked::Int(n, expr.clone())),
-                Some(Err(e)) => {
-                    errors.push(e);
-                    None
-                }
-                None => wrong(errors, expr),
-            },
-            (Kind::StrList, Some(Lit::Str(s))) => Some(Checked::StrList(vec![s.clone()])),
-            (Kind::StrList, None) => {
-                let Expr::Array(array) = expr else {
-                    return wrong(errors, expr);
-                };
-                let mut list = Vec::new();
-                for element in &array.elems {
-                    match lit(element) {
-                        Some(Lit::Str(s)) => list.push(s.clone()),
-                        _ => errors.spanned(
-                            element,
-                            format!(
-                                "`{}` lists strings: write e.g. `{}`",
-                                key.name(),
-                                key.example()
-                            ),
-                        ),
-                    }
-                }
-                Some(Checked::StrList(list))
-            }
-            _ => wrong(errors, expr),
-        },
-    }
-}
-
-/// The literal an expression is, if it is one.
-fn lit(expr: &Expr) -> Option<&Lit> {
-    match expr {
-        Expr::Lit(ExprLit { lit, .. }) => Some(lit),
-        Expr::Group(group) => lit(&group.expr),
-        _ => None,
-    }
-}
-
-/// An integer literal, possibly negated; `None` if the expression is no integer.
-fn int(expr: &Expr) -> Option<syn::Result<i128>> {
-    match expr {
-        Expr::Unary(unary) if matches!(unary.op, UnOp::Neg(_)) => {
-            int(&unary.expr).map(|n| n.map(|n| -n))
-        }
-        _ => match lit(expr)? {
-            Lit::Int(int) => Some(int.base10_parse::<i128>()),
-            _ => None,
-        },
-    }
-}
-
-/// An argument value (`"text"`, `5`, `-5`, `true`).
-fn arg(expr: &Expr) -> Option<Arg> {
-    if let Some(n) = int(expr) {
-        return n.ok().and_then(|n| i64::try_from(n).ok()).map(Arg::Int);
-    }
-    match lit(expr)? {
-        Lit::Str(s) => Some(Arg::Str(s.value())),
-        Lit::Bool(b) => Some(Arg::Bool(b.value)),
-        _ => None,
-    }
 }
 
 /// Queue or binding arguments being gathered from several keys; one name given twice is an error.

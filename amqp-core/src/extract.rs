@@ -145,6 +145,11 @@ pub enum Outcome {
 }
 
 /// A handler's return value: `()`, or `Result<R, E>` where a non-`()` `R` is the reply.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned from a listener",
+    label = "not a listener's return type",
+    note = "return `()`, or `Result<R, E>` where `E: Into<ListenerError>` (any std::error::Error converts) and `R: Serialize` (a non-() R is sent to the message's reply_to)"
+)]
 pub trait IntoOutcome {
     /// The outcome, with the reply serialized as JSON.
     fn into_outcome(self) -> Outcome;

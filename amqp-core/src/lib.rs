@@ -11,7 +11,8 @@
 //! With the `embedded-broker` feature (on by default) the bundled broker is at
 //! [`broker`], for tests and zero-set-up development.
 //!
-//! `#[rabbit_listener]` (from `amqp-macros`) arrives with its own issue.
+//! - [`rabbit_listener`]: an `async fn` annotated with `#[rabbit_listener(queue = "...")]` is a
+//!   listener that [`App`] declares, subscribes and acknowledges.
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,8 @@ pub mod testing;
 
 #[cfg(feature = "embedded-broker")]
 pub use amqp_broker as broker;
+
+pub use amqp_macros::rabbit_listener;
 
 pub use app::definition::ListenerDefinition;
 pub use app::{App, RunningApp};

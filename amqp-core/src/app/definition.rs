@@ -59,7 +59,7 @@ pub struct ListenerDefinition {
     pub ack: AckMode,
     /// The generated handler.
     pub handler: fn(Delivery) -> futures::future::BoxFuture<'static, Outcome>,
-    /// `file:line` of the function, for error messages.
+    /// `file:line` of the `#[rabbit_listener]` attribute, for error messages.
     pub location: &'static str,
 }
 

@@ -143,6 +143,17 @@ impl Reader {
         }
     }
 
+    /// Reads and discards until the client closes its side.
+    async fn drain(&mut self) {
+        loop {
+            self.buf.clear();
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Reads until `connection.close-ok` (or anything that ends the conversation).
     async fn wait_close_ok(&mut self, frame_max: u32) {
         while let Ok(Some(frame)) = self.frame(frame_max).await {
@@ -427,8 +438,15 @@ struct Conn {
 /// Whether the connection goes on after a frame.
 enum Next {
     Continue,
+    /// Close the socket now (the client answered our close).
     Stop,
+    /// We answered the client's close: let it close the socket first, as RabbitMQ does, so
+    /// that it reads our close-ok before it sees the end of the stream.
+    Linger,
 }
+
+/// How long the broker waits for a client to close its socket after close-ok.
+const LINGER: Duration = Duration::from_secs(5);
 
 impl Conn {
     async fn run(
@@ -467,9 +485,17 @@ impl Conn {
                     loop {
                         match codec::decode(&mut reader.buf, self.tuned.frame_max) {
                             Ok(Some(frame)) => {
-                                if let Next::Stop = self.frame(frame) {
-                                    flush(&mut self.out, &self.write_tx);
-                                    return;
+                                match self.frame(frame) {
+                                    Next::Continue => {}
+                                    Next::Stop => {
+                                        flush(&mut self.out, &self.write_tx);
+                                        return;
+                                    }
+                                    Next::Linger => {
+                                        flush(&mut self.out, &self.write_tx);
+                                        let _ = tokio::time::timeout(LINGER, reader.drain()).await;
+                                        return;
+                                    }
                                 }
                             }
                             Ok(None) => break,
@@ -561,7 +587,7 @@ impl Conn {
                             connection::CloseOk {},
                         )),
                     );
-                    Next::Stop
+                    Next::Linger
                 }
                 _ => Next::Continue,
             };
@@ -605,7 +631,7 @@ impl Conn {
                     0,
                     &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                 );
-                Ok(Next::Stop)
+                Ok(Next::Linger)
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(Next::Stop),
             AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {

@@ -185,7 +185,7 @@ async fn manual(acker: Acker, job: Job) -> Result<(), ListenerError> {
     queue = "macro.e2e.args",
     durable = false,
     auto_delete = true,
-    message_ttl = 60000,
+    dead_letter_routing_key = "expired",
     max_length = 5,
     arguments("x-overflow" = "reject-publish")
 )]
@@ -470,7 +470,10 @@ async fn queue_arguments_are_declared(b: TestBroker) {
     let app = start(&b, ["with_arguments"]).await;
     let declare = |max_length: i64| {
         let mut args = FieldTable::default();
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(60000));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString("expired".into()),
+        );
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_length));
         args.insert(
             "x-overflow".into(),

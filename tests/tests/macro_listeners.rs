@@ -559,7 +559,7 @@ fn definitions_say_what_the_attribute_said() {
     assert_eq!(
         args.queue_arguments,
         [
-            ("x-message-ttl", ArgValue::Int(60000)),
+            ("x-dead-letter-routing-key", ArgValue::Str("expired")),
             ("x-max-length", ArgValue::Int(5)),
             ("x-overflow", ArgValue::Str("reject-publish")),
         ]

@@ -28,6 +28,7 @@ mod exchange;
 mod message;
 mod queue;
 mod registry;
+mod store;
 mod vhost;
 
 pub use broker::{Broker, BrokerBuilder};

@@ -373,3 +373,28 @@ fn deleted_queue_log_is_removed() {
     let (v, _store) = open(&mem);
     assert_eq!(v.queue_count(), 0);
 }
+
+/// Recovery time for many queued messages on the real file system (a measurement):
+/// `cargo test --release -p amqp-broker --lib recovery_time -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+fn recovery_time_for_queued_messages() {
+    let dir = std::env::temp_dir().join(format!("amqp-store-recovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let n = 1_000_000;
+    let body = "x".repeat(1024);
+    {
+        let (v, store) = open_with(Arc::new(FileStorage), &dir, 64 << 20);
+        let q = queue(&v, "q", true, false);
+        for _ in 0..n {
+            publish(&q, &[&body]);
+        }
+        store.close();
+    }
+    let started = std::time::Instant::now();
+    let (v, _store) = open_with(Arc::new(FileStorage), &dir, 64 << 20);
+    let took = started.elapsed();
+    assert_eq!(v.queue(&"q".into(), CONN).unwrap().counts().messages, n);
+    eprintln!("recovered {n} messages of 1 KiB in {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

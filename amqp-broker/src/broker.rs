@@ -12,6 +12,8 @@ use crate::config::{Config, User};
 use crate::connection;
 use crate::error::Error;
 use crate::registry::{ConnectionInfo, Registry};
+use crate::store::io::FileStorage;
+use crate::store::{Store, StoreOptions};
 use crate::vhost::Vhost;
 
 /// Builds a [`Broker`]; every setting has RabbitMQ's default.
@@ -62,6 +64,19 @@ impl BrokerBuilder {
         self
     }
 
+    /// Keeps durable exchanges, queues, bindings and persistent messages in `dir`, and
+    /// recovers them from there at start. Without it the broker keeps everything in memory.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Size at which a queue's log segment is closed and a new one started (default 16 MiB).
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.config.segment_bytes = bytes.max(4096);
+        self
+    }
+
     /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -77,7 +92,31 @@ impl BrokerBuilder {
             .map_err(|source| Error::Bind { addr, source })?;
         let local_addr = listener.local_addr()?;
         let config = Arc::new(self.config);
-        let vhost = Vhost::new("/");
+        let store = match &config.data_dir {
+            Some(dir) => {
+                let dir = dir.clone();
+                let options = StoreOptions {
+                    segment_bytes: config.segment_bytes,
+                };
+                let opened = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || Store::open(Arc::new(FileStorage), &dir, options)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                Some(opened.map_err(|source| Error::Store { dir, source })?)
+            }
+            None => None,
+        };
+        let vhost = match store {
+            Some((store, recovered)) => {
+                let vhost = Vhost::new("/", Some(store));
+                vhost.restore(recovered);
+                vhost
+            }
+            None => Vhost::new("/", None),
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
         let registry = Arc::new(Registry::default());
         let server = Server {
@@ -179,6 +218,10 @@ impl Broker {
             if let Err(e) = task.await {
                 tracing::error!("accept loop failed: {e}");
             }
+        }
+        if let Some(store) = self.vhost.store().cloned() {
+            // Syncs what is pending and stops the writer thread.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use amq_protocol::protocol::{
     AMQPClass, BasicProperties, basic, channel, confirm, exchange, queue, tx,
@@ -93,10 +94,30 @@ struct Settle {
     reject: Option<bool>,
 }
 
+/// Numbers each channel opening, so a late confirm for a closed channel never reaches a new
+/// channel with the same id.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// What routing a message did.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    /// No queue refused it (a confirm is an ack, not a nack).
+    accepted: bool,
+    /// At least one queue logged it: its confirm waits for the store's sync.
+    stored: bool,
+    /// A queue had to log it and the store refuses writes.
+    store_failed: bool,
+}
+
 /// An open channel.
 #[derive(Debug)]
 pub(crate) struct Channel {
     id: u16,
+    /// This opening of the channel (see [`NEXT_EPOCH`]).
+    epoch: u64,
+    /// Confirms waiting for the store; while any wait, later confirms queue behind them so the
+    /// publisher sees confirms in order.
+    pending_confirms: u64,
     content: Content,
     consumers: HashMap<ShortString, ChannelConsumer>,
     unacked: BTreeMap<u64, Unacked>,
@@ -119,6 +140,8 @@ impl Channel {
     pub fn new(id: u16) -> Self {
         Self {
             id,
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            pending_confirms: 0,
             content: Content::Idle,
             consumers: HashMap::new(),
             unacked: BTreeMap::new(),
@@ -694,6 +717,9 @@ impl Channel {
             &d.entry.msg.body,
             io.frame_max,
         );
+        if let (true, Some(queue)) = (d.consumer.no_ack, &d.queue) {
+            queue.delivered_without_ack(&d.entry);
+        }
         if let (false, Some(queue)) = (d.consumer.no_ack, d.queue) {
             self.unacked.insert(
                 delivery_tag,
@@ -843,10 +869,66 @@ impl Channel {
             tx.publishes.push((p, msg));
             return Ok(());
         }
-        let accepted = self.route_and_enqueue(io, &p, msg)?;
-        if let Some(seq) = &mut self.confirms {
-            *seq += 1;
-            let (delivery_tag, multiple) = (*seq, false);
+        let outcome = self.route_and_enqueue(io, &p, msg)?;
+        let Some(seq) = &mut self.confirms else {
+            if outcome.store_failed {
+                return Err(store_refuses(io).on(60, 40));
+            }
+            return Ok(());
+        };
+        *seq += 1;
+        let delivery_tag = *seq;
+        let accepted = outcome.accepted;
+        match io.vhost.store() {
+            Some(store) if outcome.stored || self.pending_confirms > 0 => {
+                self.pending_confirms += 1;
+                let (outbox, channel, epoch) = (io.outbox.clone(), self.id, self.epoch);
+                store.after_sync(Box::new(move |synced| {
+                    let _ = outbox.send(crate::queue::Outbound::Confirmed {
+                        channel,
+                        epoch,
+                        delivery_tag,
+                        ack: accepted && synced.is_ok(),
+                    });
+                }));
+            }
+            _ => self.write_confirm(io, delivery_tag, accepted),
+        }
+        Ok(())
+    }
+
+    /// A confirm that waited for the store.
+    pub fn confirmed(&mut self, io: &mut ConnIo<'_>, epoch: u64, delivery_tag: u64, ack: bool) {
+        if epoch != self.epoch {
+            return;
+        }
+        self.pending_confirms = self.pending_confirms.saturating_sub(1);
+        self.write_confirm(io, delivery_tag, ack);
+    }
+
+    /// A `tx.commit` that waited for the store.
+    pub fn committed(
+        &mut self,
+        io: &mut ConnIo<'_>,
+        epoch: u64,
+        result: Result<(), Arc<str>>,
+    ) -> AmqpResult {
+        if epoch != self.epoch {
+            return Ok(());
+        }
+        if let Err(reason) = result {
+            return Err(AmqpError::precondition_failed(format_args!(
+                "the message store refuses writes: {reason}"
+            ))
+            .on(90, 20));
+        }
+        self.reply(io, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        Ok(())
+    }
+
+    fn write_confirm(&mut self, io: &mut ConnIo<'_>, delivery_tag: u64, accepted: bool) {
+        {
+            let multiple = false;
             let confirm = if accepted {
                 basic::AMQPMethod::Ack(basic::Ack {
                     delivery_tag,
@@ -861,19 +943,22 @@ impl Channel {
             };
             io.out.method(self.id, &AMQPClass::Basic(confirm));
         }
-        Ok(())
     }
 
     /// Routes a message and hands it to its queues; an unroutable mandatory message goes back to
-    /// the publisher with `basic.return`. Returns false when a queue refused it (confirm nack).
+    /// the publisher with `basic.return`.
     fn route_and_enqueue(
         &mut self,
         io: &mut ConnIo<'_>,
         p: &basic::Publish,
         msg: Arc<Message>,
-    ) -> AmqpResult<bool> {
+    ) -> AmqpResult<Outcome> {
         let key = p.routing_key.as_str();
-        let mut accepted = true;
+        let mut outcome = Outcome {
+            accepted: true,
+            stored: false,
+            store_failed: false,
+        };
         let routed = if p.exchange.as_str().is_empty() && key.starts_with(REPLY_TO) {
             match io.vhost.reply_consumer(key) {
                 Some(consumer) => {
@@ -900,8 +985,16 @@ impl Channel {
             let mut routed = false;
             for q in &route.queues {
                 match q.publish(msg.clone()) {
-                    Enqueued::Accepted => routed = true,
-                    Enqueued::Rejected => (routed, accepted) = (true, false),
+                    Enqueued::Accepted => {
+                        routed = true;
+                        outcome.stored |= q.store_for(&msg).is_some();
+                    }
+                    Enqueued::Rejected => (routed, outcome.accepted) = (true, false),
+                    Enqueued::StoreFailed => {
+                        routed = true;
+                        outcome.accepted = false;
+                        outcome.store_failed = true;
+                    }
                     Enqueued::Gone => {}
                 }
             }
@@ -919,7 +1012,7 @@ impl Channel {
             io.out
                 .content(self.id, &msg.properties, &msg.body, io.frame_max);
         }
-        Ok(accepted)
+        Ok(outcome)
     }
 
     // ----- transactions -----
@@ -942,13 +1035,30 @@ impl Channel {
                         "channel is not transactional",
                     ));
                 };
+                let mut stored = false;
                 for (p, msg) in tx.publishes {
-                    self.route_and_enqueue(io, &p, msg)?;
+                    let outcome = self.route_and_enqueue(io, &p, msg)?;
+                    if outcome.store_failed {
+                        return Err(store_refuses(io));
+                    }
+                    stored |= outcome.stored;
                 }
                 for s in tx.settles {
                     self.apply_settle(io, s);
                 }
-                self.reply(io, AMQPClass::Tx(M::CommitOk(tx::CommitOk {})));
+                match io.vhost.store() {
+                    Some(store) if stored => {
+                        let (outbox, channel, epoch) = (io.outbox.clone(), self.id, self.epoch);
+                        store.after_sync(Box::new(move |result| {
+                            let _ = outbox.send(crate::queue::Outbound::Committed {
+                                channel,
+                                epoch,
+                                result,
+                            });
+                        }));
+                    }
+                    _ => self.reply(io, AMQPClass::Tx(M::CommitOk(tx::CommitOk {}))),
+                }
             }
             M::Rollback(_) => {
                 if self.tx.replace(Transaction::default()).is_none() {
@@ -976,6 +1086,19 @@ impl Channel {
         self.tx = None;
         self.requeue_all_unacked();
     }
+}
+
+/// 406 for a persistent message that durable queues cannot take: the store refuses writes.
+fn store_refuses(io: &ConnIo<'_>) -> AmqpError {
+    let reason = io
+        .vhost
+        .store()
+        .and_then(|s| s.failure())
+        .unwrap_or_else(|| "unknown".into());
+    AmqpError::precondition_failed(format_args!(
+        "the message store refuses writes after a failure ({reason}); persistent messages to \
+         durable queues are not accepted"
+    ))
 }
 
 /// Whether a queue name is direct reply-to's (the pseudo-queue or one of its addresses).

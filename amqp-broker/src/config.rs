@@ -40,6 +40,12 @@ pub struct Config {
     pub max_message_bytes: u64,
     /// Most connections served at once; further ones wait for a slot.
     pub max_connections: usize,
+    /// Where durable definitions and persistent messages are kept; `None` keeps everything in
+    /// memory only.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Size at which a queue's log segment is closed and a new one started (settled segments
+    /// are deleted whole).
+    pub segment_bytes: u64,
 }
 
 impl Default for Config {
@@ -53,6 +59,8 @@ impl Default for Config {
             heartbeat_secs: 60,
             max_message_bytes: 128 * 1024 * 1024,
             max_connections: 10_000,
+            data_dir: None,
+            segment_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -741,7 +741,7 @@ impl Conn {
     fn outbound(&mut self, ob: Outbound) {
         let notify = self.tuned.cancel_notify;
         let closing = self.closing.is_some();
-        let (mut io, channels, _) = self.io();
+        let (mut io, channels, closing_channels) = self.io();
         match ob {
             Outbound::Deliver(d) => match channels.get_mut(&d.consumer.channel) {
                 Some(ch) if !closing && ch.has_consumer(&d.consumer) => ch.deliver(&mut io, d),
@@ -759,6 +759,39 @@ impl Conn {
             } => {
                 if let Some(ch) = channels.get_mut(&channel) {
                     ch.cancelled_by_broker(&mut io, consumer_tag, notify);
+                }
+            }
+            Outbound::Confirmed {
+                channel,
+                epoch,
+                delivery_tag,
+                ack,
+            } => {
+                if let Some(ch) = channels.get_mut(&channel) {
+                    ch.confirmed(&mut io, epoch, delivery_tag, ack);
+                }
+            }
+            Outbound::Committed {
+                channel: id,
+                epoch,
+                result,
+            } => {
+                let Some(ch) = channels.get_mut(&id) else {
+                    return;
+                };
+                if let Err(e) = ch.committed(&mut io, epoch, result) {
+                    let mut ch = channels.remove(&id).expect("looked up above");
+                    ch.close(&mut io);
+                    io.out.method(
+                        id,
+                        &AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                            reply_code: e.code,
+                            reply_text: short(e.text),
+                            class_id: e.class_id,
+                            method_id: e.method_id,
+                        })),
+                    );
+                    closing_channels.insert(id);
                 }
             }
         }

@@ -13,6 +13,14 @@ pub enum Error {
         /// Why the OS refused.
         source: io::Error,
     },
+    /// The data directory could not be opened or recovered.
+    #[error("cannot open the message store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -32,6 +40,7 @@ pub(crate) mod reply {
     pub const UNEXPECTED_FRAME: u16 = 505;
     pub const NOT_ALLOWED: u16 = 530;
     pub const NOT_IMPLEMENTED: u16 = 540;
+    pub const INTERNAL_ERROR: u16 = 541;
 }
 
 /// A protocol error found while handling a method: it closes the channel (soft codes) or the
@@ -118,6 +127,9 @@ impl AmqpError {
     }
     pub fn not_implemented(detail: impl std::fmt::Display) -> Self {
         Self::new(reply::NOT_IMPLEMENTED, "NOT_IMPLEMENTED", detail)
+    }
+    pub fn internal_error(detail: impl std::fmt::Display) -> Self {
+        Self::new(reply::INTERNAL_ERROR, "INTERNAL_ERROR", detail)
     }
 }
 

@@ -12,6 +12,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With `.data_dir(dir)` (the binary's `--data-dir DIR`) durable exchanges, queues and bindings
+//! and persistent messages in durable queues are kept on disk and recovered at the next start
+//! on the same directory; a publisher confirm (or `tx.commit-ok`) for such a message is sent only
+//! after it is synced. Without it everything lives in memory only.
+//!
 //! Data flows one way: socket → frame codec → connection task → channel state → exchange routing →
 //! queue → consumer delivery → socket. See `DESIGN.md` in the repository for the whole picture.
 
@@ -28,6 +33,7 @@ mod exchange;
 mod message;
 mod queue;
 mod registry;
+mod store;
 mod vhost;
 
 pub use broker::{Broker, BrokerBuilder};

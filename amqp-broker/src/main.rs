@@ -17,8 +17,8 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// Directory for durable state. The on-disk store is not built yet: the directory is created,
-    /// but queues and messages live in memory only (a warning says so at start).
+    /// Directory for durable exchanges, queues, bindings and persistent messages; recovered from
+    /// at start. Without it everything lives in memory only.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
     /// A user as NAME:PASSWORD; repeat for more. Replaces the default guest:guest.
@@ -65,11 +65,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        tracing::warn!(
-            "--data-dir {}: the on-disk store is not built yet; everything is kept in memory only",
-            dir.display()
-        );
     }
+    config.data_dir = args.data_dir;
     let broker = Broker::builder().config(config).start().await?;
     tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());
     shutdown_signal().await;

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Credit, Message, QueuedMessage};
+use crate::store::QueueStore;
+use crate::store::format::MessageRecord;
 
 /// Identifies a client connection (exclusive queues belong to one).
 pub(crate) type ConnId = u64;
@@ -28,6 +30,20 @@ pub(crate) enum Outbound {
     Cancel {
         channel: u16,
         consumer_tag: ShortString,
+    },
+    /// A publish waited for the store: send its confirm (`ack: false` sends `basic.nack`).
+    Confirmed {
+        channel: u16,
+        /// Which opening of the channel it is for (a channel id may be reused).
+        epoch: u64,
+        delivery_tag: u64,
+        ack: bool,
+    },
+    /// A `tx.commit` waited for the store: send `commit-ok`, or close the channel with the reason.
+    Committed {
+        channel: u16,
+        epoch: u64,
+        result: Result<(), Arc<str>>,
     },
 }
 
@@ -111,6 +127,8 @@ pub(crate) struct Queue {
     pub arguments: FieldTable,
     /// What the arguments ask for (limits, dead-lettering).
     pub policy: Policy,
+    /// Where its persistent messages are logged (durable, non-exclusive queues with a store).
+    pub store: Option<QueueStore>,
     state: Mutex<State>,
 }
 
@@ -231,6 +249,8 @@ pub(crate) enum Enqueued {
     Rejected,
     /// The queue was deleted meanwhile.
     Gone,
+    /// The message had to be stored, and the store refuses writes (after a failed fsync).
+    StoreFailed,
 }
 
 #[derive(Debug, Default)]
@@ -268,6 +288,7 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         policy: Policy,
+        store: Option<QueueStore>,
     ) -> Arc<Self> {
         Arc::new(Self {
             name,
@@ -276,8 +297,51 @@ impl Queue {
             auto_delete,
             arguments,
             policy,
+            store,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Puts back what the store recovered, in order, before the queue is used.
+    pub fn restore(&self, messages: Vec<(MessageRecord, bool)>, next_seq: u64) {
+        let mut st = self.state.lock();
+        for (m, redelivered) in messages {
+            st.ready.push_back(QueuedMessage {
+                seq: m.seq,
+                redelivered,
+                msg: Arc::new(Message {
+                    exchange: m.exchange,
+                    routing_key: m.routing_key,
+                    properties: m.properties,
+                    body: m.body,
+                }),
+            });
+        }
+        st.next_seq = st.next_seq.max(next_seq);
+    }
+
+    /// The store, if this message is logged in this queue (persistent, and the queue durable).
+    pub fn store_for(&self, msg: &Message) -> Option<&QueueStore> {
+        self.store
+            .as_ref()
+            .filter(|_| msg.properties.delivery_mode() == &Some(2))
+    }
+
+    /// Logs that a message left the queue for good.
+    fn log_settled(&self, entry: &QueuedMessage) {
+        if let Some(s) = self.store_for(&entry.msg) {
+            s.store.settled(s.id, entry.seq);
+        }
+    }
+
+    /// Logs that a message went to a consumer (once: a redelivered one was logged before).
+    fn log_delivered(&self, entry: &QueuedMessage) {
+        if entry.redelivered {
+            return;
+        }
+        if let Some(s) = self.store_for(&entry.msg) {
+            s.store.delivered(s.id, entry.seq);
+        }
     }
 
     /// Ready messages and consumers.
@@ -291,6 +355,10 @@ impl Queue {
 
     /// Appends a routed message (within `x-max-length`) and delivers what credit allows.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
+        let store = self.store_for(&msg);
+        if store.is_some_and(|s| s.store.failure().is_some()) {
+            return Enqueued::StoreFailed;
+        }
         let mut st = self.state.lock();
         if st.deleted {
             return Enqueued::Gone;
@@ -307,7 +375,9 @@ impl Queue {
                             return Enqueued::Accepted; // Dropped at once, as RabbitMQ does.
                         }
                         while st.ready.len() as u64 >= max {
-                            st.ready.pop_front();
+                            if let Some(dropped) = st.ready.pop_front() {
+                                self.log_settled(&dropped);
+                            }
                         }
                     }
                 }
@@ -315,6 +385,10 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
+        // Logged under the lock, so the log has this queue's records in the queue's order.
+        if let Some(s) = store {
+            s.store.message(s.id, seq, &msg);
+        }
         st.ready.push_back(QueuedMessage {
             seq,
             redelivered: false,
@@ -345,6 +419,7 @@ impl Queue {
             let entry = st.ready.pop_front().expect("checked non-empty");
             if !consumer.no_ack {
                 st.unacked += 1;
+                self.log_delivered(&entry);
             }
             let delivery = Delivery {
                 consumer: consumer.clone(),
@@ -370,16 +445,26 @@ impl Queue {
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
         let mut st = self.state.lock();
         let entry = st.ready.pop_front()?;
-        if !no_ack {
+        if no_ack {
+            self.log_settled(&entry);
+        } else {
             st.unacked += 1;
+            self.log_delivered(&entry);
         }
         Some((entry, count(st.ready.len())))
     }
 
     /// A delivery was acknowledged (or rejected without requeue): it is gone for good.
-    pub fn settle(&self, _entry: &QueuedMessage) {
+    pub fn settle(&self, entry: &QueuedMessage) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(1);
+        self.log_settled(entry);
+    }
+
+    /// A delivery to a `no_ack` consumer reached its connection: it is gone for good.
+    pub fn delivered_without_ack(&self, entry: &QueuedMessage) {
+        let _st = self.state.lock();
+        self.log_settled(entry);
     }
 
     /// Puts deliveries back in their original positions, marked redelivered, and delivers again.
@@ -444,7 +529,9 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len();
-        st.ready.clear();
+        for entry in std::mem::take(&mut st.ready) {
+            self.log_settled(&entry);
+        }
         count(n)
     }
 
@@ -473,6 +560,9 @@ impl Queue {
         st.deleted = true;
         let n = count(st.ready.len());
         st.ready.clear();
+        if let Some(s) = &self.store {
+            s.store.drop_queue(s.id);
+        }
         for c in st.consumers.drain(..) {
             let _ = c.outbox.send(Outbound::Cancel {
                 channel: c.channel,
@@ -480,6 +570,23 @@ impl Queue {
             });
         }
         n
+    }
+}
+
+#[cfg(test)]
+impl Queue {
+    /// Ready messages' bodies and redelivered flags, in order (for tests).
+    pub fn ready_for_test(&self) -> Vec<(String, bool)> {
+        let st = self.state.lock();
+        st.ready
+            .iter()
+            .map(|e| {
+                (
+                    String::from_utf8_lossy(&e.msg.body).into_owned(),
+                    e.redelivered,
+                )
+            })
+            .collect()
     }
 }
 

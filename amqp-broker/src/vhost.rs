@@ -16,6 +16,8 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::queue::{ConnId, Consumer, Counts, Policy, Queue};
+use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
+use crate::store::{Definitions, QueueStore, Recovered, Store};
 
 /// Exchanges every vhost has, as in RabbitMQ.
 const BUILT_IN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -69,6 +71,8 @@ pub(crate) struct Vhost {
     topology: RwLock<Topology>,
     /// Direct reply-to consumers by their `amq.rabbitmq.reply-to.…` address.
     reply_to: Mutex<HashMap<String, Arc<Consumer>>>,
+    /// Where durable things are kept (`None`: the broker runs in memory only).
+    store: Option<Arc<Store>>,
 }
 
 #[derive(Debug, Default)]
@@ -85,7 +89,7 @@ pub(crate) struct Route {
 }
 
 impl Vhost {
-    pub fn new(name: &str) -> Arc<Self> {
+    pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
         let mut topology = Topology::default();
         for (name, kind) in BUILT_IN_EXCHANGES {
             let x = Exchange::new(
@@ -102,7 +106,86 @@ impl Vhost {
             name: name.to_owned(),
             topology: RwLock::new(topology),
             reply_to: Mutex::new(HashMap::new()),
+            store,
         })
+    }
+
+    /// The store, when the broker has one.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Rebuilds durable exchanges, queues (with their messages) and bindings from the store.
+    pub fn restore(&self, recovered: Recovered) {
+        let Some(store) = &self.store else { return };
+        let Recovered {
+            definitions,
+            mut queues,
+            ..
+        } = recovered;
+        let mut topo = self.topology.write();
+        for x in definitions.exchanges {
+            let Some(kind) = ExchangeKind::parse(&x.kind) else {
+                tracing::error!(exchange = %x.name, kind = x.kind, "unknown exchange type; not recovered");
+                continue;
+            };
+            let ex = Exchange::new(
+                x.name.clone(),
+                kind,
+                true,
+                x.auto_delete,
+                x.internal,
+                x.arguments,
+            );
+            topo.exchanges.insert(x.name, ex);
+        }
+        for q in definitions.queues {
+            let policy = match Policy::from_arguments(&q.arguments, &q.name, &self.name) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(queue = %q.name, "arguments no longer valid ({}); defaults used", e.text);
+                    Policy::default()
+                }
+            };
+            let link = QueueStore {
+                id: q.id,
+                store: store.clone(),
+            };
+            let queue = Queue::new(
+                q.name.clone(),
+                true,
+                None,
+                q.auto_delete,
+                q.arguments,
+                policy,
+                Some(link),
+            );
+            if let Some(r) = queues.remove(&q.id) {
+                queue.restore(r.messages, r.next_seq);
+            }
+            topo.queues.insert(q.name, queue);
+        }
+        for b in definitions.bindings {
+            if let Some(x) = topo.exchanges.get_mut(&b.source) {
+                x.bind(Binding {
+                    destination: b.destination,
+                    routing_key: b.routing_key,
+                    arguments: b.arguments,
+                });
+            }
+        }
+    }
+
+    /// Rewrites the definitions file if a durable definition changed (541 if it cannot).
+    fn save(&self, topo: &Topology) -> AmqpResult {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        store
+            .write_definitions(&topo.definitions())
+            .map_err(|reason| {
+                AmqpError::internal_error(format_args!("cannot store definitions: {reason}"))
+            })
     }
 
     /// Number of queues.
@@ -159,7 +242,7 @@ impl Vhost {
             arguments.clone(),
         );
         topo.exchanges.insert(name.clone(), x);
-        Ok(())
+        self.save(&topo)
     }
 
     pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> AmqpResult {
@@ -185,7 +268,7 @@ impl Vhost {
             )));
         }
         topo.remove_exchange(name);
-        Ok(())
+        self.save(&topo)
     }
 
     /// Binds (or with `bind = false` unbinds) a destination to a source exchange.
@@ -228,7 +311,7 @@ impl Vhost {
         } else if x.unbind(&binding) && x.auto_delete && !x.in_use() {
             topo.remove_exchange(source);
         }
-        Ok(())
+        self.save(&topo)
     }
 
     /// Where a message the broker itself publishes goes (internal exchanges included; none if
@@ -338,6 +421,13 @@ impl Vhost {
         }
         let owner = flags.exclusive.then_some(conn);
         let policy = Policy::from_arguments(arguments, &name, &self.name)?;
+        let link = match &self.store {
+            Some(store) if flags.durable && owner.is_none() => Some(QueueStore {
+                id: store.new_queue_id(),
+                store: store.clone(),
+            }),
+            _ => None,
+        };
         let q = Queue::new(
             name.clone(),
             flags.durable,
@@ -345,8 +435,10 @@ impl Vhost {
             flags.auto_delete,
             arguments.clone(),
             policy,
+            link,
         );
         topo.queues.insert(name, q.clone());
+        self.save(&topo)?;
         let counts = q.counts();
         Ok((q, counts))
     }
@@ -372,7 +464,9 @@ impl Vhost {
             Err(e) => return Err(e),
         };
         q.check_delete(if_unused, if_empty, &self.name)?;
-        Ok(topo.remove_queue(name))
+        let n = topo.remove_queue(name);
+        self.save(&topo)?;
+        Ok(n)
     }
 
     /// Deletes an auto-delete queue that lost its last consumer.
@@ -384,6 +478,9 @@ impl Vhost {
             .is_some_and(|cur| Arc::ptr_eq(cur, q))
         {
             topo.remove_queue(&q.name);
+            if let Err(e) = self.save(&topo) {
+                tracing::error!("{}", e.text);
+            }
         }
     }
 
@@ -398,6 +495,9 @@ impl Vhost {
             .collect();
         for name in names {
             topo.remove_queue(&name);
+        }
+        if let Err(e) = self.save(&topo) {
+            tracing::error!("{}", e.text);
         }
     }
 
@@ -421,6 +521,51 @@ impl Vhost {
 }
 
 impl Topology {
+    /// The durable part: what the definitions file holds.
+    fn definitions(&self) -> Definitions {
+        let builtin = |n: &ShortString| BUILT_IN_EXCHANGES.iter().any(|(b, _)| *b == n.as_str());
+        let durable_queue = |n: &ShortString| self.queues.get(n).is_some_and(|q| q.store.is_some());
+        let durable = |d: &Destination| match d {
+            Destination::Queue(n) => durable_queue(n),
+            Destination::Exchange(n) => self.exchanges.get(n).is_some_and(|x| x.durable),
+        };
+        let mut defs = Definitions::default();
+        let mut exchanges: Vec<&Exchange> = self.exchanges.values().filter(|x| x.durable).collect();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        for x in exchanges {
+            if !builtin(&x.name) {
+                defs.exchanges.push(ExchangeDef {
+                    name: x.name.clone(),
+                    kind: x.kind.as_str().to_owned(),
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: x.arguments.clone(),
+                });
+            }
+            for b in x.bindings().iter().filter(|b| durable(&b.destination)) {
+                defs.bindings.push(BindingDef {
+                    source: x.name.clone(),
+                    destination: b.destination.clone(),
+                    routing_key: b.routing_key.clone(),
+                    arguments: b.arguments.clone(),
+                });
+            }
+        }
+        let mut queues: Vec<&Arc<Queue>> = self.queues.values().collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        for q in queues {
+            if let Some(link) = &q.store {
+                defs.queues.push(QueueDef {
+                    id: link.id,
+                    name: q.name.clone(),
+                    auto_delete: q.auto_delete,
+                    arguments: q.arguments.clone(),
+                });
+            }
+        }
+        defs
+    }
+
     /// The queues a message reaches from `exchange` (404 if it does not exist), following
     /// exchange-to-exchange bindings, each exchange once.
     fn route(

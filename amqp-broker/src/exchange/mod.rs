@@ -111,6 +111,11 @@ impl Exchange {
         }
     }
 
+    /// Every binding with this exchange as the source, in the order made.
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+
     /// Whether the exchange has bindings (for `exchange.delete` with `if-unused`).
     pub fn in_use(&self) -> bool {
         !self.bindings.is_empty()

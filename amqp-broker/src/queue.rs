@@ -205,6 +205,12 @@ impl Policy {
                 *slot = Some(ShortString::from(name));
             }
         }
+        if policy.dead_letter_routing_key.is_some() && policy.dead_letter_exchange.is_none() {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "routing_key_but_no_dlx_defined",
+            ));
+        }
         Ok(policy)
     }
 }

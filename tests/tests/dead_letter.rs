@@ -223,3 +223,25 @@ conformance!(
     dead_letter_routing_key_and_x_death,
     rejected_without_dead_letter_exchange_is_dropped,
 );
+
+/// A dead-letter routing key without a dead-letter exchange is refused (406), as RabbitMQ does.
+async fn dead_letter_routing_key_needs_an_exchange(b: TestBroker) {
+    let (_conn, ch) = open(&b).await;
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-routing-key".into(), text("dead"));
+    let res = within(
+        "queue.declare",
+        ch.queue_declare(
+            unique("dl.nodlx").as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            args,
+        ),
+    )
+    .await;
+    common::assert_code(res, 406);
+}
+
+conformance!(dead_letter_routing_key_needs_an_exchange);

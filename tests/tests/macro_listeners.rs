@@ -185,7 +185,7 @@ async fn manual(acker: Acker, job: Job) -> Result<(), ListenerError> {
     queue = "macro.e2e.args",
     durable = false,
     auto_delete = true,
-    dead_letter_routing_key = "expired",
+    dead_letter_exchange = "macro.e2e.args.dlx",
     max_length = 5,
     arguments("x-overflow" = "reject-publish")
 )]
@@ -471,8 +471,8 @@ async fn queue_arguments_are_declared(b: TestBroker) {
     let declare = |max_length: i64| {
         let mut args = FieldTable::default();
         args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString("expired".into()),
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("macro.e2e.args.dlx".into()),
         );
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_length));
         args.insert(
@@ -559,7 +559,10 @@ fn definitions_say_what_the_attribute_said() {
     assert_eq!(
         args.queue_arguments,
         [
-            ("x-dead-letter-routing-key", ArgValue::Str("expired")),
+            (
+                "x-dead-letter-exchange",
+                ArgValue::Str("macro.e2e.args.dlx")
+            ),
             ("x-max-length", ArgValue::Int(5)),
             ("x-overflow", ArgValue::Str("reject-publish")),
         ]

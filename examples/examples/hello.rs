@@ -43,7 +43,12 @@ struct Attempt {
 type Attempts = UnboundedSender<Attempt>;
 
 /// A printer that jams on a message's first delivery and works when it comes again.
-fn print(mode: &'static str, meta: &Metadata, greeting: &Greeting, attempts: &Attempts) -> bool {
+fn try_print(
+    mode: &'static str,
+    meta: &Metadata,
+    greeting: &Greeting,
+    attempts: &Attempts,
+) -> bool {
     let printed = meta.redelivered;
     if printed {
         println!("[{mode:>6}] printed '{}' (redelivered)", greeting.text);
@@ -65,7 +70,7 @@ async fn auto_ack(
     State(attempts): State<Attempts>,
     greeting: Greeting,
 ) -> Result<(), ListenerError> {
-    if print("auto", &meta, &greeting, &attempts) {
+    if try_print("auto", &meta, &greeting, &attempts) {
         Ok(()) // the container acks
     } else {
         Err(ListenerError::requeue("printer jammed")) // the container nacks with requeue
@@ -85,7 +90,7 @@ async fn manual_ack(
     State(attempts): State<Attempts>,
     greeting: Greeting,
 ) -> Result<(), ListenerError> {
-    if print("manual", &meta, &greeting, &attempts) {
+    if try_print("manual", &meta, &greeting, &attempts) {
         acker.ack().await?; // as the notes say: the ack comes last, once the work is done
     } else {
         acker.nack(true).await?; // back to the queue
@@ -105,7 +110,7 @@ async fn no_ack(
     State(attempts): State<Attempts>,
     greeting: Greeting,
 ) -> Result<(), ListenerError> {
-    if print("none", &meta, &greeting, &attempts) {
+    if try_print("none", &meta, &greeting, &attempts) {
         Ok(())
     } else {
         Err(ListenerError::requeue("printer jammed")) // too late: the broker already forgot it

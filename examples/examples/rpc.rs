@@ -10,6 +10,7 @@
 //! ```text
 //! cargo run -p examples --example rpc                                          # embedded broker
 //! AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p examples --example rpc # RabbitMQ
+//! AMQP_URL=... cargo run -p examples --example rpc -- --serve   # only the service, until Ctrl-C
 //! ```
 
 use std::fmt;
@@ -132,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "warn,amqp_core::app=info".into()),
         )
         .init();
+    if std::env::args().any(|arg| arg == "--serve") {
+        return Ok(App::new().listeners(LISTENERS).run().await?);
+    }
     let report = run(App::new()).await?;
     print!("\n{report}");
     Ok(())

@@ -182,8 +182,12 @@ impl Idempotency {
     }
 }
 
-/// The store's key for a message id consumed from a queue.
-pub(crate) fn key(queue: &str, message_id: &str) -> String {
+/// The store's key for a message id consumed from `queue` (to inspect or clear a record by hand).
+///
+/// ```
+/// assert_eq!(amqp_core::idempotent::key("orders", "m-1"), "amqp-idempotent:orders:m-1");
+/// ```
+pub fn key(queue: &str, message_id: &str) -> String {
     format!("amqp-idempotent:{queue}:{message_id}")
 }
 

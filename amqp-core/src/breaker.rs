@@ -195,7 +195,11 @@ impl Breaker {
     /// Called by each consumer when the cool-down is over: the first one half-opens the breaker.
     pub(crate) fn resume(&self) {
         let mut state = self.state.lock();
-        if self.open.borrow().is_some_and(|until| until <= Instant::now()) {
+        if self
+            .open
+            .borrow()
+            .is_some_and(|until| until <= Instant::now())
+        {
             state.half_open = true;
             self.open.send_replace(None);
             tracing::info!("circuit breaker half-open: consuming again on trial");
@@ -233,7 +237,10 @@ mod tests {
         breaker.resume();
         breaker.record("q", false);
         breaker.record("q", true);
-        assert!(open.borrow().is_none(), "closed, and the window starts afresh");
+        assert!(
+            open.borrow().is_none(),
+            "closed, and the window starts afresh"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -140,7 +140,9 @@ impl TokenBucket {
         let ready = {
             let now = Instant::now();
             let mut next = self.next.lock();
-            let earliest = now.checked_sub(self.interval * (self.burst - 1)).unwrap_or(now);
+            let earliest = now
+                .checked_sub(self.interval * (self.burst - 1))
+                .unwrap_or(now);
             let ready = (*next).max(earliest);
             *next = ready + self.interval;
             ready
@@ -170,7 +172,10 @@ mod tests {
         for _ in 0..3 {
             bucket.acquire().await;
         }
-        assert!(start.elapsed() < Duration::from_millis(1), "the burst is free");
+        assert!(
+            start.elapsed() < Duration::from_millis(1),
+            "the burst is free"
+        );
         for _ in 0..10 {
             bucket.acquire().await;
         }

@@ -101,7 +101,10 @@ async fn wait_for(effects: &Effects, id: &str, n: usize) {
     .await;
 }
 
-fn recording(effects: &Effects) -> impl Fn(String, Metadata) -> futures::future::Ready<Result<(), ListenerError>> + Send + Sync + 'static {
+fn recording(
+    effects: &Effects,
+) -> impl Fn(String, Metadata) -> futures::future::Ready<Result<(), ListenerError>> + Send + Sync + 'static
+{
     let effects = effects.clone();
     move |id: String, _meta: Metadata| {
         *effects.lock().entry(id).or_default() += 1;
@@ -152,7 +155,11 @@ async fn exactly_once(b: TestBroker, store: Arc<dyn IdempotencyStore>) {
     second.shutdown().await;
 
     let effects = effects.lock().clone();
-    assert_eq!(effects.get("w-1"), Some(&1), "w-1's side effect happened once: {effects:?}");
+    assert_eq!(
+        effects.get("w-1"),
+        Some(&1),
+        "w-1's side effect happened once: {effects:?}"
+    );
     assert_eq!(effects.get("w-2"), Some(&1));
     assert_eq!(
         *seen.lock(),

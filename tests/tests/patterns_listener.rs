@@ -47,7 +47,10 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
         }
     })
     .await;
-    assert!(waited.is_ok(), "timed out after {limit:?} waiting for {what}");
+    assert!(
+        waited.is_ok(),
+        "timed out after {limit:?} waiting for {what}"
+    );
 }
 
 /// 50 messages at 100/s over 4 consumers take about half a second to handle (evenly spaced,
@@ -94,7 +97,10 @@ async fn a_burst_is_consumed_at_the_rate(b: TestBroker) {
         took >= Duration::from_millis(400),
         "50 messages at 100/s were handled in {took:?}"
     );
-    assert!(took < Duration::from_secs(3), "{took:?}: far slower than the rate");
+    assert!(
+        took < Duration::from_secs(3),
+        "{took:?}: far slower than the rate"
+    );
     listener.shutdown().await;
     conn.close().await;
 }
@@ -174,8 +180,15 @@ async fn the_breaker_pauses_then_resumes(b: TestBroker) {
     assert_eq!(calls.load(Ordering::SeqCst), 10);
     listener.shutdown().await;
     assert_eq!(ready(&b, &q).await, 0);
-    assert_eq!(ready(&b, &dlq).await, 4, "the 4 failures were dead-lettered");
+    assert_eq!(
+        ready(&b, &dlq).await,
+        4,
+        "the 4 failures were dead-lettered"
+    );
     conn.close().await;
 }
 
-conformance!(a_burst_is_consumed_at_the_rate, the_breaker_pauses_then_resumes);
+conformance!(
+    a_burst_is_consumed_at_the_rate,
+    the_breaker_pauses_then_resumes
+);

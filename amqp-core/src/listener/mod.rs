@@ -191,6 +191,8 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
     }
 
     /// Stops consuming for a cool-down when too many deliveries fail (see [`CircuitBreaker`]).
+    /// Pausing cancels the consumers, so the queue must not be auto-delete (it would be deleted
+    /// with its messages).
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.circuit_breaker = Some(breaker);
         self

@@ -173,7 +173,9 @@ async fn close(channel: &lapin::Channel, consumer: &lapin::Consumer, why: &str) 
 }
 
 /// Resolves with the end of the cool-down once the breaker is open (never without a breaker).
-async fn opened(open: &mut Option<watch::Receiver<Option<tokio::time::Instant>>>) -> tokio::time::Instant {
+async fn opened(
+    open: &mut Option<watch::Receiver<Option<tokio::time::Instant>>>,
+) -> tokio::time::Instant {
     let Some(open) = open else {
         return std::future::pending().await;
     };

@@ -179,6 +179,14 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
     let circuit_breaker = v
         .table(Key::CircuitBreaker)
         .map(|table| breaker(table, errors));
+    if let (Some(_), true, Some(ident)) =
+        (&circuit_breaker, auto_delete, v.ident(Key::CircuitBreaker))
+    {
+        errors.spanned(
+            ident,
+            "an open circuit breaker cancels the listener's consumers, and an auto-delete queue is deleted with its messages when its last consumer goes: remove `auto_delete = true` or `circuit_breaker(...)`",
+        );
+    }
 
     if errors.count() > before {
         return None;
@@ -232,7 +240,8 @@ fn duration_ms(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
-const BREAKER_SETTINGS: &str = "`failure_percent = 50`, `min_calls = 10`, `window = \"10s\"`, `cool_down = \"30s\"`";
+const BREAKER_SETTINGS: &str =
+    "`failure_percent = 50`, `min_calls = 10`, `window = \"10s\"`, `cool_down = \"30s\"`";
 
 /// `circuit_breaker(failure_percent = 50, min_calls = 10, window = "10s", cool_down = "30s")`.
 fn breaker(table: &[(TableName, Arg)], errors: &mut Errors) -> Breaker {

@@ -26,6 +26,7 @@ mod extract;
 pub mod idempotent;
 mod listener;
 mod message;
+pub mod outbox;
 mod rate;
 mod template;
 #[cfg(feature = "embedded-broker")]

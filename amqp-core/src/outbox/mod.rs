@@ -122,6 +122,7 @@ pub trait OutboxSource: Send + Sync + std::fmt::Debug + 'static {
 /// # Panics
 ///
 /// When `name` is empty or has characters other than ASCII letters, digits and `_`.
+#[cfg(any(feature = "outbox-sqlite", feature = "outbox-postgres"))]
 pub(crate) fn checked_table(name: &str) -> String {
     assert!(
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),

@@ -131,6 +131,16 @@ pub enum Error {
     /// The application's setup is wrong (two listeners with one id, an unknown listener name).
     #[error("configuration: {0}")]
     Configuration(String),
+    /// A store outside the broker failed: Redis for idempotency records, the database of a
+    /// transactional outbox.
+    #[error("{store} failed: {source}")]
+    Store {
+        /// Which store (`redis`, `sqlite outbox`, `postgres outbox`).
+        store: &'static str,
+        /// What its client reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Any other AMQP failure.
     #[error("AMQP error: {0}")]
     Amqp(Box<lapin::Error>),

@@ -17,13 +17,17 @@
 #![warn(missing_docs)]
 
 mod app;
+mod breaker;
 mod connection;
 mod converter;
 mod declare;
 mod error;
 mod extract;
+pub mod idempotent;
 mod listener;
 mod message;
+pub mod outbox;
+mod rate;
 mod template;
 #[cfg(feature = "embedded-broker")]
 pub mod testing;
@@ -35,6 +39,7 @@ pub use amqp_macros::rabbit_listener;
 
 pub use app::definition::ListenerDefinition;
 pub use app::{App, RunningApp};
+pub use breaker::CircuitBreaker;
 pub use connection::{Connection, ConnectionFactory};
 pub use converter::{JsonConverter, MessageConverter};
 pub use declare::{Binding, Declarable, Declarables, Exchange, ExchangeType, Queue, text};
@@ -42,6 +47,7 @@ pub use error::{Error, Result};
 pub use extract::{Delivery, FromDelivery, HandlerFn, IntoOutcome, Outcome, State, StateMap};
 pub use listener::{AckMode, Acker, Listener, ListenerBuilder, ListenerError, ListenerHandle};
 pub use message::{Message, Metadata, TYPE_ID_HEADER};
+pub use rate::{ParseRateError, Rate};
 pub use template::Template;
 
 /// Re-exports of the AMQP types that appear in this API.
@@ -54,6 +60,8 @@ pub mod types {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::app::definition::{ArgValue, ListenerDefinition};
+    pub use crate::breaker::circuit_breaker;
+    pub use crate::rate::rate;
     pub use futures::future::BoxFuture;
     pub use inventory;
 }

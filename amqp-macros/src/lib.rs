@@ -91,6 +91,9 @@ use proc_macro::TokenStream;
 /// | `concurrency` | integer ≥ 1 | consumers (default: the app's, `AMQP_CONCURRENCY`) |
 /// | `ack` | `"auto"` (default), `"manual"`, `"none"` | see [`AckMode`] |
 /// | `id` | string | unique in the program (default: the function's path, `module::name`) |
+/// | `idempotent` | flag | each `message_id` handled once, through the app's idempotency store ([`App::idempotency`]; `REDIS_URL` with the `idempotent-redis` feature; else in memory); not with `ack = "none"` |
+/// | `rate` | `"200/s"`, `"30/m"`, `"1000/h"` | at most so many messages, across the listener's consumers (token bucket) |
+/// | `circuit_breaker(...)` | `failure_percent = 50, min_calls = 10, window = "10s", cool_down = "30s"` (each optional, these are the defaults) | stop consuming for `cool_down` when that share of at least `min_calls` deliveries in `window` failed; not with `auto_delete = true` |
 ///
 /// Mistakes are compile errors at the offending tokens, all reported at once: not an `async fn`,
 /// a method, no payload parameter, a missing `queue`, an unknown key (the keys are listed), a key
@@ -100,6 +103,7 @@ use proc_macro::TokenStream;
 ///
 /// [`App`]: ../amqp_core/struct.App.html
 /// [`App::state`]: ../amqp_core/struct.App.html#method.state
+/// [`App::idempotency`]: ../amqp_core/struct.App.html#method.idempotency
 /// [`FromDelivery`]: ../amqp_core/trait.FromDelivery.html
 /// [`Metadata`]: ../amqp_core/struct.Metadata.html
 /// [`State<T>`]: ../amqp_core/struct.State.html

@@ -3,9 +3,11 @@
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
+use crate::breaker::CircuitBreaker;
 use crate::declare::{Binding, Declarable, Exchange, ExchangeType, Queue};
 use crate::extract::{Delivery, Outcome};
 use crate::listener::AckMode;
+use crate::rate::Rate;
 
 /// An argument value in a listener's declaration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,12 @@ pub struct ListenerDefinition {
     pub concurrency: Option<usize>,
     /// Acknowledgement mode.
     pub ack: AckMode,
+    /// Whether each `message_id` is handled once (through the app's idempotency store).
+    pub idempotent: bool,
+    /// At most this many messages per unit of time.
+    pub rate: Option<Rate>,
+    /// Stops consuming for a cool-down when too many deliveries fail.
+    pub circuit_breaker: Option<CircuitBreaker>,
     /// The generated handler.
     pub handler: fn(Delivery) -> futures::future::BoxFuture<'static, Outcome>,
     /// `file:line` of the `#[rabbit_listener]` attribute, for error messages.

@@ -12,6 +12,7 @@
 //! | `AMQP_CONCURRENCY` | consumers per listener that does not set it | 1 |
 //! | `AMQP_LISTENERS` | comma-separated listener ids (or the last part of them) to run | all |
 //! | `AMQP_CONNECTION_NAME` | the connection name the broker shows | the program's name |
+//! | `REDIS_URL` | with the `idempotent-redis` feature: where `idempotent` listeners keep their records | unset: in memory |
 
 pub(crate) mod definition;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use crate::connection::{Connection, ConnectionFactory, hide_password};
 use crate::error::{Error, Result};
 use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
+use crate::idempotent::Idempotency;
 use crate::listener::{Listener, ListenerHandle};
 use crate::template::Template;
 use definition::ListenerDefinition;
@@ -39,6 +41,7 @@ pub struct App {
     prefetch: u16,
     concurrency: usize,
     shutdown_timeout: Duration,
+    idempotency: Option<Idempotency>,
     spy: Option<Spy>,
 }
 
@@ -91,6 +94,7 @@ impl App {
                 .unwrap_or(1)
                 .max(1),
             shutdown_timeout: Duration::from_secs(30),
+            idempotency: None,
             spy: None,
         }
     }
@@ -147,6 +151,37 @@ impl App {
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
+    }
+
+    /// Where `#[rabbit_listener(idempotent)]` listeners record message ids, and for how long.
+    /// Without it they share a [`crate::idempotent::RedisStore`] on `REDIS_URL` (with the
+    /// `idempotent-redis` feature and the variable set), or else one in-memory store.
+    ///
+    /// ```
+    /// use amqp_core::App;
+    /// use amqp_core::idempotent::{Idempotency, MemoryStore};
+    ///
+    /// let app = App::new().idempotency(Idempotency::new(MemoryStore::with_capacity(1_000_000)));
+    /// # let _ = app;
+    /// ```
+    pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = Some(idempotency);
+        self
+    }
+
+    /// The idempotency settings for `idempotent` listeners: as given, from `REDIS_URL`, or in
+    /// memory.
+    async fn idempotency_for_listeners(&self) -> Result<Idempotency> {
+        if let Some(idempotency) = &self.idempotency {
+            return Ok(idempotency.clone());
+        }
+        #[cfg(feature = "idempotent-redis")]
+        if std::env::var("REDIS_URL").is_ok_and(|v| !v.trim().is_empty()) {
+            let store = crate::idempotent::RedisStore::from_env().await?;
+            tracing::info!("idempotent listeners keep their records in Redis (REDIS_URL)");
+            return Ok(Idempotency::new(store));
+        }
+        Ok(Idempotency::new(crate::idempotent::MemoryStore::new()))
     }
 
     pub(crate) fn spy(mut self, spy: Spy) -> Self {
@@ -221,6 +256,11 @@ impl App {
             .connection_name(&self.connection_name)
             .connect()
             .await?;
+        let idempotency = if definitions.iter().any(|d| d.idempotent) {
+            Some(self.idempotency_for_listeners().await?)
+        } else {
+            None
+        };
         let mut handles = Vec::with_capacity(definitions.len());
         for def in &definitions {
             conn.declare(def.declarations()).await?;
@@ -228,15 +268,22 @@ impl App {
                 None => Arc::new(def.handler),
                 Some(spy) => spied(def, spy.clone()),
             };
-            let handle = Listener::on(def.queue)
+            let mut listener = Listener::on(def.queue)
                 .prefetch(def.prefetch.unwrap_or(self.prefetch))
                 .concurrency(def.concurrency.unwrap_or(self.concurrency))
                 .ack_mode(def.ack)
                 .shutdown_timeout(self.shutdown_timeout)
-                .state_map(self.state.clone())
-                .delivery_handler(handler)
-                .start(&conn)
-                .await?;
+                .state_map(self.state.clone());
+            if let (true, Some(idempotency)) = (def.idempotent, &idempotency) {
+                listener = listener.idempotent(idempotency.clone());
+            }
+            if let Some(rate) = def.rate {
+                listener = listener.rate(rate);
+            }
+            if let Some(breaker) = def.circuit_breaker {
+                listener = listener.circuit_breaker(breaker);
+            }
+            let handle = listener.delivery_handler(handler).start(&conn).await?;
             tracing::info!(listener = def.id, queue = def.queue, "listening");
             handles.push(handle);
         }

@@ -28,11 +28,14 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use self::handler::{Acker, ListenerError};
+use crate::breaker::{Breaker, CircuitBreaker};
 use crate::connection::Connection;
 use crate::converter::{JsonConverter, MessageConverter};
 use crate::error::Result;
 use crate::extract::{HandlerFn, StateMap};
+use crate::idempotent::Idempotency;
 use crate::message::Metadata;
+use crate::rate::{Rate, TokenBucket};
 
 /// How deliveries are acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +59,9 @@ pub struct ListenerBuilder<C = JsonConverter> {
     shutdown_timeout: Duration,
     converter: C,
     state: StateMap,
+    idempotency: Option<Idempotency>,
+    rate: Option<Rate>,
+    circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// A queue with a handler, ready to [`start`](Listener::start).
@@ -114,6 +120,9 @@ impl Listener<JsonConverter> {
             shutdown_timeout: Duration::from_secs(30),
             converter: JsonConverter,
             state: StateMap::default(),
+            idempotency: None,
+            rate: None,
+            circuit_breaker: None,
         }
     }
 }
@@ -153,7 +162,40 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
             shutdown_timeout: self.shutdown_timeout,
             converter,
             state: self.state,
+            idempotency: self.idempotency,
+            rate: self.rate,
+            circuit_breaker: self.circuit_breaker,
         }
+    }
+
+    /// Handles each `message_id` once: a delivery whose id is done already is acknowledged
+    /// without calling the handler (see [`crate::idempotent`] for the guarantees). Not with
+    /// [`AckMode::None`], where a busy message could not be requeued.
+    pub fn idempotent(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = Some(idempotency);
+        self
+    }
+
+    /// Handles at most `rate` messages, across all consumers of this listener (a token bucket;
+    /// see [`Rate`]). The backlog waits in the queue; prefetch and concurrency still bound what
+    /// is in flight.
+    ///
+    /// ```
+    /// # use amqp_core::{Listener, Rate};
+    /// let builder = Listener::on("emails").rate("200/s".parse::<Rate>().unwrap());
+    /// # let _ = builder;
+    /// ```
+    pub fn rate(mut self, rate: Rate) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Stops consuming for a cool-down when too many deliveries fail (see [`CircuitBreaker`]).
+    /// Pausing cancels the consumers, so the queue must not be auto-delete (it would be deleted
+    /// with its messages).
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.circuit_breaker = Some(breaker);
+        self
     }
 
     /// Shares state with extractor-based handlers ([`crate::State`]).
@@ -212,6 +254,12 @@ impl<C: MessageConverter + Clone> Listener<C> {
     /// the first subscription (a missing queue, say). From then on consumers re-subscribe by
     /// themselves after a reconnection.
     pub async fn start(self, conn: &Connection) -> Result<ListenerHandle> {
+        if self.settings.idempotency.is_some() && self.settings.ack_mode == AckMode::None {
+            return Err(crate::Error::Configuration(format!(
+                "listener on '{}': an idempotent listener needs acknowledgements (AckMode::Auto or Manual), not AckMode::None",
+                self.settings.queue
+            )));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(worker::Context {
             queue: self.settings.queue.clone(),
@@ -221,6 +269,9 @@ impl<C: MessageConverter + Clone> Listener<C> {
             state: Arc::new(self.settings.state.clone()),
             conn: conn.clone(),
             replies: crate::Template::new(conn.clone()),
+            idempotency: self.settings.idempotency,
+            rate: self.settings.rate.map(TokenBucket::new),
+            breaker: self.settings.circuit_breaker.map(Breaker::new),
         });
         let mut workers = Vec::with_capacity(self.settings.concurrency);
         let mut ready = Vec::with_capacity(self.settings.concurrency);

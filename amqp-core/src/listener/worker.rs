@@ -16,10 +16,13 @@ use tracing::Instrument;
 
 use super::AckMode;
 use super::handler::Acker;
+use crate::breaker::Breaker;
 use crate::connection::Connection;
 use crate::error::Result;
 use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
+use crate::idempotent::{self, Claim, Idempotency};
 use crate::message::{Message, Metadata};
+use crate::rate::TokenBucket;
 use crate::template::Template;
 
 /// What every consumer of one listener shares.
@@ -33,6 +36,22 @@ pub(crate) struct Context {
     pub conn: Connection,
     /// Sends handlers' replies.
     pub replies: Template,
+    /// Deduplication by message id, if the listener is idempotent.
+    pub idempotency: Option<Idempotency>,
+    /// The rate limit shared by the listener's consumers.
+    pub rate: Option<TokenBucket>,
+    /// The circuit breaker shared by the listener's consumers.
+    pub breaker: Option<Breaker>,
+}
+
+/// How one subscription ended.
+enum Ended {
+    /// Told to stop.
+    Stop,
+    /// The consumer or its connection went away.
+    Lost,
+    /// The circuit breaker opened: paused until then.
+    Paused(tokio::time::Instant),
 }
 
 /// How long to wait before subscribing again when the connection is up but the subscription
@@ -77,25 +96,25 @@ pub(crate) async fn run(
             let _ = tx.send(Ok(()));
         }
         seen = generation;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stopped(&mut stop) => {
-                    // Graceful stop between deliveries: cancel, then close the channel so that
-                    // whatever was prefetched goes back to the queue.
-                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-                    let _ = channel.close(200, "listener stopped".into()).await;
-                    return;
-                }
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => handle(&ctx, delivery).await,
-                    Some(Err(e)) => {
-                        tracing::debug!(queue = %ctx.queue, "consumer ended: {e}");
-                        break;
-                    }
-                    None => break,
-                }
+        match consume(&ctx, &channel, &mut consumer, &mut stop).await {
+            Ended::Stop => {
+                close(&channel, &consumer, "listener stopped").await;
+                return;
             }
+            Ended::Paused(until) => {
+                // Whatever was prefetched goes back to the queue for the cool-down.
+                close(&channel, &consumer, "circuit breaker open").await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = stopped(&mut stop) => return,
+                }
+                if let Some(breaker) = &ctx.breaker {
+                    breaker.resume();
+                }
+                seen = generation - 1;
+                continue;
+            }
+            Ended::Lost => {}
         }
         if conn.status().connected() {
             // Cancelled by the broker (queue deleted) while the connection stays up.
@@ -106,6 +125,67 @@ pub(crate) async fn run(
             ctx.conn.redeclare().await;
             seen = generation - 1;
         }
+    }
+}
+
+/// Handles deliveries until told to stop, the consumer ends, or the circuit breaker opens.
+async fn consume(
+    ctx: &Context,
+    channel: &lapin::Channel,
+    consumer: &mut lapin::Consumer,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut open = ctx.breaker.as_ref().map(Breaker::subscribe);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(stop) => return Ended::Stop,
+            until = opened(&mut open) => return Ended::Paused(until),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    if let Some(bucket) = &ctx.rate {
+                        tokio::select! {
+                            biased;
+                            // Unacked, the delivery goes back to the queue when the channel closes.
+                            _ = stopped(stop) => return Ended::Stop,
+                            _ = bucket.acquire() => {}
+                        }
+                    }
+                    handle(ctx, delivery).await;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(queue = %ctx.queue, channel = channel.id(), "consumer ended: {e}");
+                    return Ended::Lost;
+                }
+                None => return Ended::Lost,
+            }
+        }
+    }
+}
+
+/// Cancels the consumer, then closes the channel so that whatever was prefetched goes back to the
+/// queue.
+async fn close(channel: &lapin::Channel, consumer: &lapin::Consumer, why: &str) {
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
+    let _ = channel.close(200, why.into()).await;
+}
+
+/// Resolves with the end of the cool-down once the breaker is open (never without a breaker).
+async fn opened(
+    open: &mut Option<watch::Receiver<Option<tokio::time::Instant>>>,
+) -> tokio::time::Instant {
+    let Some(open) = open else {
+        return std::future::pending().await;
+    };
+    let until = match open.wait_for(Option::is_some).await {
+        Ok(until) => *until,
+        Err(_) => None,
+    };
+    match until {
+        Some(until) => until,
+        None => std::future::pending().await,
     }
 }
 
@@ -146,6 +226,26 @@ async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// How soon a message another consumer is handling comes back to the queue, at the earliest and
+/// at the latest (within the other consumer's lease).
+const BUSY_MIN_DELAY: Duration = Duration::from_millis(50);
+const BUSY_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Puts a delivery back in the queue after `delay`, without holding up the consumer.
+fn requeue_later(acker: lapin::Acker, delay: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        if let Err(e) = acker.nack(requeue).await {
+            // The channel is gone; the broker requeues the message itself.
+            tracing::debug!("requeue failed: {e}");
+        }
+    });
+}
+
 /// Runs the handler on one delivery and acknowledges by its outcome.
 async fn handle(ctx: &Context, d: lapin::message::Delivery) {
     let meta = Metadata {
@@ -170,6 +270,39 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
         let reply_to = meta.properties.reply_to().as_ref().map(|r| r.to_string());
         let correlation_id = meta.properties.correlation_id().clone();
         let message_id = meta.message_id().unwrap_or("").to_owned();
+        let claim = match &ctx.idempotency {
+            Some(idempotency) if !message_id.is_empty() => {
+                let key = idempotent::key(&ctx.queue, &message_id);
+                match idempotency.store().begin(&key, idempotency.lease_time()).await {
+                    Ok(Claim::Acquired(token)) => Some((idempotency, key, token)),
+                    Ok(Claim::Done) => {
+                        tracing::debug!(queue = %ctx.queue, message_id, "duplicate of a handled message: acknowledged without running");
+                        if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+                            tracing::warn!(queue = %ctx.queue, message_id, "acknowledgement failed: {e}");
+                        }
+                        tracing::Span::current().record("outcome", "duplicate");
+                        return;
+                    }
+                    Ok(Claim::Busy { remaining }) => {
+                        tracing::debug!(queue = %ctx.queue, message_id, "another consumer is handling this message id: requeued");
+                        requeue_later(d.acker, remaining.clamp(BUSY_MIN_DELAY, BUSY_MAX_DELAY));
+                        tracing::Span::current().record("outcome", "busy");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %ctx.queue, message_id, "idempotency store unavailable, requeueing: {e}");
+                        requeue_later(d.acker, BUSY_MAX_DELAY);
+                        tracing::Span::current().record("outcome", "store-unavailable");
+                        return;
+                    }
+                }
+            }
+            Some(_) => {
+                tracing::warn!(queue = %ctx.queue, "a message without message_id cannot be deduplicated: handling it anyway");
+                None
+            }
+            None => None,
+        };
         let delivery = Delivery { body: d.data, meta, state: ctx.state.clone(), template: ctx.replies.clone() };
         let call = (ctx.handler)(delivery);
         let outcome = match AssertUnwindSafe(call).catch_unwind().await {
@@ -202,6 +335,24 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
             Outcome::Failed(e) => tracing::warn!(queue = %ctx.queue, message_id, "handler failed: {e}"),
             Outcome::Undecodable(e) => {
                 tracing::error!(queue = %ctx.queue, message_id, "rejecting a message that does not convert: {e}")
+            }
+        }
+        if let Some((idempotency, key, token)) = claim {
+            // "done" before the ack: a crash in between gets the redelivery acked unread.
+            let recorded = match &outcome {
+                Outcome::Done(_) => idempotency.store().complete(&key, &token, idempotency.keep_time()).await,
+                _ => idempotency.store().release(&key, &token).await,
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(queue = %ctx.queue, message_id, "idempotency store: {e}");
+            }
+        }
+        if let Some(breaker) = &ctx.breaker {
+            match &outcome {
+                Outcome::Done(_) => breaker.record(&ctx.queue, false),
+                Outcome::Failed(_) => breaker.record(&ctx.queue, true),
+                // A poison message says nothing about the handler's dependencies.
+                Outcome::Undecodable(_) => {}
             }
         }
         if ctx.ack_mode == AckMode::Auto {

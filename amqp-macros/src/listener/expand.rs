@@ -99,6 +99,23 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
         Ack::Manual => quote!(::amqp_core::AckMode::Manual),
         Ack::None => quote!(::amqp_core::AckMode::None),
     };
+    let idempotent = config.idempotent;
+    let rate = match config.rate {
+        Some((count, per_ms)) => quote!(::core::option::Option::Some(
+            ::amqp_core::__private::rate(#count, #per_ms)
+        )),
+        None => quote!(::core::option::Option::None),
+    };
+    let circuit_breaker = match &config.circuit_breaker {
+        Some(b) => {
+            let (percent, min_calls, window_ms, cool_down_ms) =
+                (b.failure_percent, b.min_calls, b.window_ms, b.cool_down_ms);
+            quote!(::core::option::Option::Some(
+                ::amqp_core::__private::circuit_breaker(#percent, #min_calls, #window_ms, #cool_down_ms)
+            ))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     quote! {
         ::amqp_core::__private::ListenerDefinition {
             id: #id,
@@ -114,6 +131,9 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
             prefetch: #prefetch,
             concurrency: #concurrency,
             ack: #ack,
+            idempotent: #idempotent,
+            rate: #rate,
+            circuit_breaker: #circuit_breaker,
             handler: __amqp_listener_handler,
             location: ::core::concat!(::core::file!(), ":", ::core::line!()),
         }

@@ -108,6 +108,9 @@ keys! {
     Concurrency concurrency: Int, "concurrency = 4";
     Ack ack: Str, "ack = \"manual\"";
     Id id: Str, "id = \"orders-listener\"";
+    Idempotent idempotent: Flag, "idempotent";
+    Rate rate: Str, "rate = \"200/s\"";
+    CircuitBreaker circuit_breaker: Table, "circuit_breaker(failure_percent = 50, min_calls = 10, window = \"10s\", cool_down = \"30s\")";
 }
 
 /// "unknown key `quue`: did you mean `queue`? The keys are …", at the unknown token.

@@ -7,7 +7,7 @@ use quote::ToTokens;
 use syn::{FnArg, ItemFn, LitStr, ReturnType, Type};
 
 use super::keys::Key;
-use super::parse::Entry;
+use super::parse::{Entry, TableName};
 use super::values::Values;
 use crate::errors::Errors;
 
@@ -33,6 +33,18 @@ pub(crate) struct Config {
     pub(crate) prefetch: Option<u16>,
     pub(crate) concurrency: Option<usize>,
     pub(crate) ack: Ack,
+    pub(crate) idempotent: bool,
+    /// `rate = "200/s"`: (count, per milliseconds).
+    pub(crate) rate: Option<(u32, u64)>,
+    pub(crate) circuit_breaker: Option<Breaker>,
+}
+
+/// `circuit_breaker(...)`, with defaults for what is left out.
+pub(crate) struct Breaker {
+    pub(crate) failure_percent: u32,
+    pub(crate) min_calls: u32,
+    pub(crate) window_ms: u64,
+    pub(crate) cool_down_ms: u64,
 }
 
 /// A queue or binding argument's value.
@@ -147,6 +159,35 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         errors.spanned(lit, "`id` must not be empty: write e.g. `id = \"orders\"`, or leave it out to use the function's path");
     }
 
+    let idempotent = v.bool(Key::Idempotent).unwrap_or(false);
+    if let (true, Some(Ack::None), Some(ident)) = (idempotent, ack, v.ident(Key::Idempotent)) {
+        errors.spanned(
+            ident,
+            "an idempotent listener needs acknowledgements, to requeue a message another consumer is handling: remove `ack = \"none\"` or `idempotent`",
+        );
+    }
+    let rate = v.str(Key::Rate).and_then(|lit| {
+        let parsed = rate(&lit.value());
+        if parsed.is_none() {
+            errors.spanned(
+                lit,
+                "`rate` is a positive count per second, minute or hour: write e.g. `rate = \"200/s\"`, `\"30/m\"` or `\"1000/h\"`",
+            );
+        }
+        parsed
+    });
+    let circuit_breaker = v
+        .table(Key::CircuitBreaker)
+        .map(|table| breaker(table, errors));
+    if let (Some(_), true, Some(ident)) =
+        (&circuit_breaker, auto_delete, v.ident(Key::CircuitBreaker))
+    {
+        errors.spanned(
+            ident,
+            "an open circuit breaker cancels the listener's consumers, and an auto-delete queue is deleted with its messages when its last consumer goes: remove `auto_delete = true` or `circuit_breaker(...)`",
+        );
+    }
+
     if errors.count() > before {
         return None;
     }
@@ -164,7 +205,96 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         prefetch: prefetch.map(|(n, _)| n as u16),
         concurrency: concurrency.map(|(n, _)| n as usize),
         ack: ack.unwrap_or(Ack::Auto),
+        idempotent,
+        rate,
+        circuit_breaker,
     })
+}
+
+/// `"200/s"` as (200, 1000 ms).
+fn rate(text: &str) -> Option<(u32, u64)> {
+    let (count, unit) = text.split_once('/')?;
+    let count: u32 = count.trim().parse().ok().filter(|n| *n > 0)?;
+    let per_ms = match unit.trim() {
+        "s" | "sec" | "second" => 1_000,
+        "m" | "min" | "minute" => 60_000,
+        "h" | "hour" => 3_600_000,
+        _ => return None,
+    };
+    Some((count, per_ms))
+}
+
+/// `"500ms"`, `"10s"`, `"2m"`, `"1h"` in milliseconds.
+fn duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+const BREAKER_SETTINGS: &str =
+    "`failure_percent = 50`, `min_calls = 10`, `window = \"10s\"`, `cool_down = \"30s\"`";
+
+/// `circuit_breaker(failure_percent = 50, min_calls = 10, window = "10s", cool_down = "30s")`.
+fn breaker(table: &[(TableName, Arg)], errors: &mut Errors) -> Breaker {
+    let mut breaker = Breaker {
+        failure_percent: 50,
+        min_calls: 10,
+        window_ms: 10_000,
+        cool_down_ms: 30_000,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for (name, value) in table {
+        let written = name.value();
+        if seen.contains(&written) {
+            errors.spanned(name, format!("`{written}` is given twice: keep one"));
+            continue;
+        }
+        seen.push(written.clone());
+        match (written.as_str(), value) {
+            ("failure_percent", Arg::Int(n)) if (1..=100).contains(n) => {
+                breaker.failure_percent = *n as u32;
+            }
+            ("failure_percent", _) => errors.spanned(
+                name,
+                "`failure_percent` is an integer from 1 to 100: write e.g. `failure_percent = 50`",
+            ),
+            ("min_calls", Arg::Int(n)) if (1..=i64::from(u32::MAX)).contains(n) => {
+                breaker.min_calls = *n as u32;
+            }
+            ("min_calls", _) => errors.spanned(
+                name,
+                "`min_calls` is an integer of at least 1: write e.g. `min_calls = 10`",
+            ),
+            ("window" | "cool_down", value) => {
+                let ms = match value {
+                    Arg::Str(s) => duration_ms(s).filter(|ms| *ms > 0),
+                    _ => None,
+                };
+                match (ms, written.as_str()) {
+                    (Some(ms), "window") => breaker.window_ms = ms,
+                    (Some(ms), _) => breaker.cool_down_ms = ms,
+                    (None, _) => errors.spanned(
+                        name,
+                        format!("`{written}` is a duration: write e.g. `{written} = \"30s\"` (units: ms, s, m, h)"),
+                    ),
+                }
+            }
+            _ => errors.spanned(
+                name,
+                format!("`circuit_breaker` has no setting `{written}`: the settings are {BREAKER_SETTINGS}"),
+            ),
+        }
+    }
+    breaker
 }
 
 /// `x-dead-letter-exchange`, `x-message-ttl`, ... from their keys, then `arguments(...)`.

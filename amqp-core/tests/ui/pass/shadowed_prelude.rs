@@ -45,7 +45,10 @@ struct Db;
     prefetch = 10,
     concurrency = 2,
     ack = "auto",
-    id = "orders"
+    id = "orders",
+    idempotent,
+    rate = "200/s",
+    circuit_breaker(failure_percent = 50, min_calls = 10, window = "10s", cool_down = "500ms")
 )]
 async fn on_order(meta: Metadata, State(_db): State<Db>, _t: Template, order: Order) -> Result<Receipt> {
     let _ = meta.routing_key;

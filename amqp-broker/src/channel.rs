@@ -18,7 +18,7 @@ use crate::codec::{FrameWriter, short};
 use crate::config::Config;
 use crate::dead_letter::Reason;
 use crate::error::{AmqpError, AmqpResult, reply};
-use crate::exchange::Destination;
+use crate::exchange::{Destination, routing_keys};
 use crate::message::{Credit, Message, QueuedMessage};
 use crate::queue::{ConnId, Consumer, Delivery, Enqueued, Outbox, Queue};
 use crate::vhost::{ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
@@ -81,8 +81,16 @@ struct Unacked {
 /// Work buffered by `tx.select` until `tx.commit`.
 #[derive(Debug, Default)]
 struct Transaction {
-    publishes: Vec<(basic::Publish, Arc<Message>)>,
+    publishes: Vec<(basic::Publish, RoutedBy, Arc<Message>)>,
     settles: Vec<Settle>,
+}
+
+/// What a message is routed by: its routing keys (with `CC` and `BCC`) and its headers as
+/// published (the stored message has lost `BCC`).
+#[derive(Debug)]
+struct RoutedBy {
+    keys: Vec<String>,
+    headers: Option<amq_protocol::types::FieldTable>,
 }
 
 /// An ack, nack or reject.
@@ -508,7 +516,11 @@ impl Channel {
             }
             M::Consume(c) => self.consume(io, c)?,
             M::Cancel(c) => {
-                self.cancel(io, &c.consumer_tag);
+                if let Some(q) = self.cancel(io, &c.consumer_tag) {
+                    // Its unacked messages stay with this channel; the others (or, with a single
+                    // active consumer, the next one) may take what is ready.
+                    q.dispatch();
+                }
                 if !c.nowait {
                     self.reply(
                         io,
@@ -599,6 +611,7 @@ impl Channel {
             credit: Credit::new(self.consumer_prefetch),
             channel_credit: self.channel_credit.clone(),
             outbox: io.outbox.clone(),
+            priority: consumer_priority(&c.arguments)?,
         });
         let queue = if reply_to {
             self.reply_address = Some(io.vhost.register_reply_consumer(consumer.clone()));
@@ -623,20 +636,22 @@ impl Channel {
     }
 
     /// Removes a consumer (unknown tags are ignored, as in RabbitMQ); its unacked deliveries stay.
-    fn cancel(&mut self, io: &mut ConnIo<'_>, tag: &ShortString) {
-        let Some(cc) = self.consumers.remove(tag) else {
-            return;
-        };
+    /// Returns its queue (still there), which the caller lets deliver to the remaining consumers.
+    fn cancel(&mut self, io: &mut ConnIo<'_>, tag: &ShortString) -> Option<Arc<Queue>> {
+        let cc = self.consumers.remove(tag)?;
         match cc.queue {
             Some(q) => {
                 if q.remove_consumer(io.conn, self.id, tag) {
                     io.vhost.delete_unused_queue(&q);
+                    return None;
                 }
+                Some(q)
             }
             None => {
                 if let Some(address) = self.reply_address.take() {
                     io.vhost.unregister_reply_consumer(&address);
                 }
+                None
             }
         }
     }
@@ -668,9 +683,10 @@ impl Channel {
             message_count,
         };
         self.reply(io, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)));
+        let counted = q.properties_for(&entry);
         io.out.content(
             self.id,
-            &entry.msg.properties,
+            counted.as_ref().unwrap_or(&entry.msg.properties),
             &entry.msg.body,
             io.frame_max,
         );
@@ -711,9 +727,10 @@ impl Channel {
             routing_key: d.entry.msg.routing_key.clone(),
         };
         self.reply(io, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        let counted = d.queue.as_ref().and_then(|q| q.properties_for(&d.entry));
         io.out.content(
             self.id,
-            &d.entry.msg.properties,
+            counted.as_ref().unwrap_or(&d.entry.msg.properties),
             &d.entry.msg.body,
             io.frame_max,
         );
@@ -855,21 +872,25 @@ impl Channel {
             };
             properties = properties.with_reply_to(short(address.clone()));
         }
+        let routed_by = RoutedBy {
+            keys: routing_keys(p.routing_key.as_str(), properties.headers().as_ref()),
+            headers: properties.headers().clone(),
+        };
         let msg = Arc::new(Message {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
-            properties,
+            properties: without_bcc(properties),
             body: body.freeze(),
         });
         if let Some(tx) = &mut self.tx {
             // Check the exchange now, as RabbitMQ does; route at commit.
             io.vhost
-                .route(&p.exchange, p.routing_key.as_str(), None)
+                .route(&p.exchange, &routed_by.keys, None)
                 .map_err(|e| e.on(60, 40))?;
-            tx.publishes.push((p, msg));
+            tx.publishes.push((p, routed_by, msg));
             return Ok(());
         }
-        let outcome = self.route_and_enqueue(io, &p, msg)?;
+        let outcome = self.route_and_enqueue(io, &p, &routed_by, msg)?;
         let Some(seq) = &mut self.confirms else {
             if outcome.store_failed {
                 return Err(store_refuses(io).on(60, 40));
@@ -951,9 +972,22 @@ impl Channel {
         &mut self,
         io: &mut ConnIo<'_>,
         p: &basic::Publish,
+        routed_by: &RoutedBy,
         msg: Arc<Message>,
     ) -> AmqpResult<Outcome> {
         let key = p.routing_key.as_str();
+        let (keys, headers) = (&routed_by.keys[..], routed_by.headers.as_ref());
+        if let Some(delay) = io.vhost.delay_for(&p.exchange, headers) {
+            // Held by the delayed exchange: routed when due (so never returned as unroutable,
+            // as with the plugin).
+            io.vhost
+                .schedule_delayed(p.exchange.clone(), keys.to_vec(), msg, delay);
+            return Ok(Outcome {
+                accepted: true,
+                stored: false,
+                store_failed: false,
+            });
+        }
         let mut outcome = Outcome {
             accepted: true,
             stored: false,
@@ -966,6 +1000,8 @@ impl Channel {
                         seq: 0,
                         redelivered: false,
                         msg: msg.clone(),
+                        expires_at: None,
+                        delivery_count: 0,
                     };
                     let out = consumer.outbox.clone();
                     out.send(crate::queue::Outbound::Deliver(Delivery {
@@ -980,7 +1016,7 @@ impl Channel {
         } else {
             let route = io
                 .vhost
-                .route(&p.exchange, key, msg.properties.headers().as_ref())
+                .route(&p.exchange, keys, headers)
                 .map_err(|e| e.on(60, 40))?;
             let mut routed = false;
             for q in &route.queues {
@@ -1036,8 +1072,8 @@ impl Channel {
                     ));
                 };
                 let mut stored = false;
-                for (p, msg) in tx.publishes {
-                    let outcome = self.route_and_enqueue(io, &p, msg)?;
+                for (p, routed_by, msg) in tx.publishes {
+                    let outcome = self.route_and_enqueue(io, &p, &routed_by, msg)?;
                     if outcome.store_failed {
                         return Err(store_refuses(io));
                     }
@@ -1079,12 +1115,15 @@ impl Channel {
     /// back to their queues. Called when the channel or its connection closes, for any reason.
     pub fn close(&mut self, io: &mut ConnIo<'_>) {
         let tags: Vec<ShortString> = self.consumers.keys().cloned().collect();
-        for tag in tags {
-            self.cancel(io, &tag);
-        }
+        let queues: Vec<Arc<Queue>> = tags.iter().filter_map(|t| self.cancel(io, t)).collect();
         self.content = Content::Idle;
         self.tx = None;
+        // Unacked messages go back before the remaining consumers are served, so a consumer
+        // that takes over (single active consumer) sees them first, in order.
         self.requeue_all_unacked();
+        for q in queues {
+            q.dispatch();
+        }
     }
 }
 
@@ -1099,6 +1138,35 @@ fn store_refuses(io: &ConnIo<'_>) -> AmqpError {
         "the message store refuses writes after a failure ({reason}); persistent messages to \
          durable queues are not accepted"
     ))
+}
+
+/// `x-priority` from `basic.consume`'s arguments (default 0; 406 for a non-integer, as
+/// RabbitMQ answers).
+fn consumer_priority(arguments: &amq_protocol::types::FieldTable) -> AmqpResult<i32> {
+    match arguments.inner().get("x-priority") {
+        None => Ok(0),
+        Some(v) => crate::queue::integer(v)
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| {
+                AmqpError::precondition_failed(format_args!(
+                    "invalid arg 'x-priority': {v:?} is not an integer"
+                ))
+            }),
+    }
+}
+
+/// A message's properties without the `BCC` header, which RabbitMQ strips after routing.
+fn without_bcc(properties: BasicProperties) -> BasicProperties {
+    match properties.headers() {
+        Some(h) if h.contains_key("BCC") => {
+            let mut kept = amq_protocol::types::FieldTable::default();
+            for (k, v) in h.inner().iter().filter(|(k, _)| k.as_str() != "BCC") {
+                kept.insert(k.clone(), v.clone());
+            }
+            properties.clone().with_headers(kept)
+        }
+        _ => properties,
+    }
 }
 
 /// Whether a queue name is direct reply-to's (the pseudo-queue or one of its addresses).

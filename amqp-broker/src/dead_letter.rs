@@ -12,14 +12,50 @@ use crate::message::Message;
 pub(crate) enum Reason {
     /// Rejected or nacked without requeue.
     Rejected,
+    /// Its TTL passed (`x-message-ttl` or `expiration`).
+    Expired,
+    /// Dropped by a length limit (`drop-head`), or refused by `reject-publish-dlx`.
+    Maxlen,
+    /// Returned more often than a quorum queue's `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl Reason {
     fn as_str(self) -> &'static str {
         match self {
             Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
+}
+
+/// Whether republishing `dead` (already carrying its new `x-death` entry) to `target` would close
+/// a dead-letter cycle that nobody broke with a rejection: RabbitMQ drops the message for such a
+/// queue rather than let it loop forever. The cycle is the `x-death` entries up to and including
+/// the newest one for `target`; it counts only if none of them has reason `rejected`.
+pub(crate) fn is_cycle(dead: &Message, target: &str) -> bool {
+    let Some(AMQPValue::FieldArray(deaths)) = dead
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death"))
+    else {
+        return false;
+    };
+    for d in deaths.as_slice() {
+        let AMQPValue::FieldTable(t) = d else {
+            return false; // Not ours: a client put it there, so the cycle is not automatic.
+        };
+        if text_of(t.inner().get("reason")) == Some(Reason::Rejected.as_str()) {
+            return false;
+        }
+        if text_of(t.inner().get("queue")) == Some(target) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The message as it is republished from `queue` to `exchange` with `routing_key`.
@@ -66,6 +102,9 @@ pub(crate) fn dead_lettered(
             let mut keys = FieldArray::default();
             keys.push(long(msg.routing_key.as_str()));
             t.insert("routing-keys".into(), AMQPValue::FieldArray(keys));
+            if let Some(e) = msg.properties.expiration() {
+                t.insert("original-expiration".into(), long(e.as_str()));
+            }
             t
         }
     };
@@ -199,6 +238,28 @@ mod tests {
         assert_eq!(
             text_of(h.inner().get("x-first-death-reason")),
             Some("rejected")
+        );
+    }
+
+    #[test]
+    fn a_cycle_without_rejection_is_detected() {
+        let once = dead_lettered(
+            &message(),
+            &"a".into(),
+            Reason::Expired,
+            "".into(),
+            "b".into(),
+        );
+        assert!(is_cycle(&once, "a"), "straight back to the same queue");
+        assert!(!is_cycle(&once, "b"));
+        let twice = dead_lettered(&once, &"b".into(), Reason::Rejected, "".into(), "a".into());
+        assert!(!is_cycle(&twice, "a"), "a rejection breaks the cycle");
+        let thrice = dead_lettered(&once, &"b".into(), Reason::Maxlen, "".into(), "a".into());
+        assert!(is_cycle(&thrice, "a"));
+        let d = deaths(&once);
+        assert_eq!(
+            text_of(d[0].inner().get("original-expiration")),
+            Some("1000")
         );
     }
 

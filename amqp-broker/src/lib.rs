@@ -28,6 +28,7 @@ mod codec;
 mod config;
 mod connection;
 mod dead_letter;
+mod delayed;
 mod error;
 mod exchange;
 mod message;

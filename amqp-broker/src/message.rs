@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::ShortString;
@@ -29,6 +30,27 @@ pub(crate) struct QueuedMessage {
     pub redelivered: bool,
     /// The message itself.
     pub msg: Arc<Message>,
+    /// When it expires (`x-message-ttl` or its `expiration`, whichever is sooner); kept on
+    /// requeue, as in RabbitMQ.
+    pub expires_at: Option<Instant>,
+    /// Deliveries that came back (requeued): `x-delivery-count` and `x-delivery-limit`.
+    pub delivery_count: u32,
+}
+
+impl QueuedMessage {
+    /// Whether its deadline has passed (a TTL of 0 still lets an immediate delivery through).
+    pub fn expired_at(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t < now)
+    }
+}
+
+impl Message {
+    /// The per-message TTL from the `expiration` property (milliseconds, as a decimal string);
+    /// a value that is not one is ignored.
+    pub fn ttl(&self) -> Option<Duration> {
+        let text = self.properties.expiration().as_ref()?;
+        text.as_str().parse::<u64>().ok().map(Duration::from_millis)
+    }
 }
 
 /// A prefetch window: how many deliveries may be unacknowledged, and how many are.

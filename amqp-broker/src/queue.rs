@@ -6,17 +6,27 @@
 //! counts them. A store that makes queues durable sits under [`Queue::publish`],
 //! [`Queue::settle`] and [`Queue::requeue`].
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+mod policy;
+mod ready;
+mod timer;
 
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
+use crate::dead_letter::Reason;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Credit, Message, QueuedMessage};
 use crate::store::QueueStore;
 use crate::store::format::MessageRecord;
+use crate::vhost::Vhost;
+
+pub(crate) use self::policy::{DeclareFlags, Overflow, Policy, integer};
+use self::ready::Ready;
 
 /// Identifies a client connection (exclusive queues belong to one).
 pub(crate) type ConnId = u64;
@@ -80,6 +90,8 @@ pub(crate) struct Consumer {
     pub channel_credit: Arc<Credit>,
     /// The owning connection's task.
     pub outbox: Outbox,
+    /// `x-priority` from `basic.consume`: higher ones are served first while they have credit.
+    pub priority: i32,
 }
 
 impl Consumer {
@@ -125,125 +137,15 @@ pub(crate) struct Queue {
     pub auto_delete: bool,
     /// `x-` arguments as declared (compared on redeclare).
     pub arguments: FieldTable,
-    /// What the arguments ask for (limits, dead-lettering).
+    /// What the arguments ask for (limits, dead-lettering, TTL, priorities).
     pub policy: Policy,
     /// Where its persistent messages are logged (durable, non-exclusive queues with a store).
     pub store: Option<QueueStore>,
+    /// The vhost, for dead-lettering and for deleting itself when it expires (`x-expires`).
+    vhost: Weak<Vhost>,
+    /// Wakes the timer task when the next deadline moves earlier (or the queue is deleted).
+    wake: Arc<Notify>,
     state: Mutex<State>,
-}
-
-/// What a queue's `x-` arguments ask for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Policy {
-    /// Most ready messages the queue holds (`x-max-length`).
-    pub max_length: Option<u64>,
-    /// What happens to a message that would exceed it (`x-overflow`).
-    pub overflow: Overflow,
-    /// Where rejected messages are republished (`x-dead-letter-exchange`).
-    pub dead_letter_exchange: Option<ShortString>,
-    /// The routing key they get there (`x-dead-letter-routing-key`; default: their own).
-    pub dead_letter_routing_key: Option<ShortString>,
-}
-
-/// `x-overflow`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Overflow {
-    /// Drop the oldest ready message to make room (RabbitMQ's default).
-    #[default]
-    DropHead,
-    /// Refuse the new message: a publisher in confirm mode gets `basic.nack`.
-    RejectPublish,
-}
-
-impl Policy {
-    /// Reads and checks the arguments (406 for bad values, with RabbitMQ's wording).
-    pub fn from_arguments(args: &FieldTable, queue: &ShortString, vhost: &str) -> AmqpResult<Self> {
-        let invalid = |key: &str, why: &str| {
-            AmqpError::precondition_failed(format_args!(
-                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
-            ))
-        };
-        // Arguments RabbitMQ honours that this broker does not yet: refusing them beats accepting
-        // a queue that silently behaves otherwise (messages that never expire, say).
-        for key in NOT_YET_SUPPORTED {
-            if args.contains_key(key) {
-                return Err(AmqpError::precondition_failed(format_args!(
-                    "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': not supported by this broker yet"
-                )));
-            }
-        }
-        if let Some(kind) = args.inner().get("x-queue-type").and_then(text) {
-            if kind != "classic" {
-                return Err(invalid(
-                    "x-queue-type",
-                    "only classic queues are supported by this broker yet",
-                ));
-            }
-        }
-        let mut policy = Policy::default();
-        if let Some(v) = args.inner().get("x-max-length") {
-            let n = integer(v).ok_or_else(|| invalid("x-max-length", "{unacceptable_type}"))?;
-            policy.max_length =
-                Some(u64::try_from(n).map_err(|_| invalid("x-max-length", "{value_negative}"))?);
-        }
-        if let Some(v) = args.inner().get("x-overflow") {
-            policy.overflow = match text(v).as_deref() {
-                Some("drop-head") => Overflow::DropHead,
-                Some("reject-publish") => Overflow::RejectPublish,
-                _ => return Err(invalid("x-overflow", "{unacceptable_value}")),
-            };
-        }
-        for (key, slot) in [
-            ("x-dead-letter-exchange", &mut policy.dead_letter_exchange),
-            (
-                "x-dead-letter-routing-key",
-                &mut policy.dead_letter_routing_key,
-            ),
-        ] {
-            if let Some(v) = args.inner().get(key) {
-                let name = text(v).ok_or_else(|| invalid(key, "{unacceptable_type}"))?;
-                *slot = Some(ShortString::from(name));
-            }
-        }
-        if policy.dead_letter_routing_key.is_some() && policy.dead_letter_exchange.is_none() {
-            return Err(invalid(
-                "x-dead-letter-routing-key",
-                "routing_key_but_no_dlx_defined",
-            ));
-        }
-        Ok(policy)
-    }
-}
-
-/// Queue arguments with RabbitMQ semantics this broker does not implement yet.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "x-message-ttl",
-    "x-expires",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-single-active-consumer",
-    "x-delivery-limit",
-];
-
-fn integer(v: &AMQPValue) -> Option<i64> {
-    Some(match *v {
-        AMQPValue::ShortShortInt(n) => n.into(),
-        AMQPValue::ShortShortUInt(n) => n.into(),
-        AMQPValue::ShortInt(n) => n.into(),
-        AMQPValue::ShortUInt(n) => n.into(),
-        AMQPValue::LongInt(n) => n.into(),
-        AMQPValue::LongUInt(n) => n.into(),
-        AMQPValue::LongLongInt(n) => n,
-        _ => return None,
-    })
-}
-
-fn text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
 }
 
 /// What became of a message handed to a queue.
@@ -259,22 +161,30 @@ pub(crate) enum Enqueued {
     StoreFailed,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    /// Messages waiting for a consumer, in `seq` order.
-    ready: VecDeque<QueuedMessage>,
+    /// Messages waiting for a consumer, by priority, each in `seq` order.
+    ready: Ready,
     /// The next message's position.
     next_seq: u64,
-    /// Consumers in subscription order.
+    /// Consumers by `x-priority` (highest first), each priority in round-robin order; with a
+    /// single active consumer, in subscription order (the first one is the active one).
     consumers: Vec<Arc<Consumer>>,
-    /// Where the next round-robin search starts.
-    next_consumer: usize,
     /// Deliveries out with a consumer and not yet settled.
     unacked: usize,
     /// Whether any consumer ever subscribed (auto-delete waits for the first).
     had_consumer: bool,
     /// Set once deleted: late publishes and requeues are dropped, as in RabbitMQ.
     deleted: bool,
+    /// Messages that left for the dead-letter exchange: republished once the lock is released
+    /// (the dead-letter route may lead back to this very queue).
+    dead: Vec<(Arc<Message>, Reason)>,
+    /// When the queue was last used (consumer, `basic.get`, declare), for `x-expires`.
+    last_used: Instant,
+    /// Whether the timer task runs.
+    timer_started: bool,
+    /// The deadline the timer task sleeps until (`None`: it waits to be woken).
+    timer_at: Option<Instant>,
 }
 
 /// Counts reported by `queue.declare-ok`.
@@ -287,6 +197,7 @@ pub(crate) struct Counts {
 }
 
 impl Queue {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: ShortString,
         durable: bool,
@@ -295,8 +206,21 @@ impl Queue {
         arguments: FieldTable,
         policy: Policy,
         store: Option<QueueStore>,
+        vhost: Weak<Vhost>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let state = State {
+            ready: Ready::new(policy.max_priority),
+            next_seq: 0,
+            consumers: Vec::new(),
+            unacked: 0,
+            had_consumer: false,
+            deleted: false,
+            dead: Vec::new(),
+            last_used: Instant::now(),
+            timer_started: false,
+            timer_at: None,
+        };
+        let q = Arc::new(Self {
             name,
             durable,
             exclusive_owner,
@@ -304,26 +228,142 @@ impl Queue {
             arguments,
             policy,
             store,
-            state: Mutex::new(State::default()),
-        })
+            vhost,
+            wake: Arc::new(Notify::new()),
+            state: Mutex::new(state),
+        });
+        // Starts the timer if `x-expires` already counts.
+        q.with_state(|_| ());
+        q
+    }
+
+    /// Runs `f` under the queue's lock; then (unlocked) republishes what it dead-lettered and
+    /// makes sure the timer will wake for the next deadline.
+    fn with_state<R>(self: &Arc<Self>, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut st = self.state.lock();
+        let out = f(&mut st);
+        if !st.deleted {
+            if let Some(next) = self.next_deadline(&st) {
+                if st.timer_at.is_none_or(|t| next < t) {
+                    if st.timer_started {
+                        self.wake.notify_one();
+                    } else {
+                        st.timer_started = timer::spawn(Arc::downgrade(self), self.wake.clone());
+                    }
+                }
+            }
+        }
+        let dead = std::mem::take(&mut st.dead);
+        drop(st);
+        if !dead.is_empty() {
+            if let Some(vhost) = self.vhost.upgrade() {
+                for (msg, reason) in dead {
+                    vhost.dead_letter(self, &msg, reason);
+                }
+            }
+        }
+        out
+    }
+
+    /// The next time something is due: a message's expiry, or the queue's own (`x-expires`).
+    fn next_deadline(&self, st: &State) -> Option<Instant> {
+        let unused = self
+            .policy
+            .expires
+            .filter(|_| st.consumers.is_empty())
+            .map(|d| st.last_used + d);
+        match (st.ready.next_deadline(), unused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The timer fired (or was woken): expire messages; delete the queue if it went unused for
+    /// `x-expires`. Says when to run next.
+    fn on_timer(self: &Arc<Self>) -> timer::Next {
+        let now = Instant::now();
+        let (next, expire_queue) = self.with_state(|st| {
+            if st.deleted {
+                return (timer::Next::Stop, false);
+            }
+            self.expire_locked(st, now);
+            let unused = self.policy.expires.is_some_and(|d| {
+                st.consumers.is_empty() && now.saturating_duration_since(st.last_used) >= d
+            });
+            st.timer_at = self.next_deadline(st);
+            let next = match st.timer_at {
+                _ if unused => timer::Next::Stop,
+                Some(at) => timer::Next::At(at),
+                None => timer::Next::Idle,
+            };
+            (next, unused)
+        });
+        if expire_queue {
+            if let Some(vhost) = self.vhost.upgrade() {
+                vhost.delete_unused_queue(self);
+            }
+        }
+        next
+    }
+
+    /// Drops expired messages at the heads, dead-lettering them (reason `expired`).
+    fn expire_locked(&self, st: &mut State, now: Instant) {
+        let mut expired = Vec::new();
+        st.ready.pop_expired(now, &mut expired);
+        for e in expired {
+            self.discard(st, e, Reason::Expired);
+        }
+    }
+
+    /// A message leaves the queue without being consumed: settled in the store, and
+    /// dead-lettered if the queue has a dead-letter exchange.
+    fn discard(&self, st: &mut State, entry: QueuedMessage, reason: Reason) {
+        self.log_settled(&entry);
+        if self.policy.dead_letter_exchange.is_some() {
+            st.dead.push((entry.msg, reason));
+        }
+    }
+
+    /// Marks the queue used now (`x-expires` counts from here).
+    pub fn touch(self: &Arc<Self>) {
+        self.with_state(|st| {
+            st.last_used = Instant::now();
+            st.timer_at = None; // The deadline moved: let the timer look again when it wakes.
+        });
+    }
+
+    /// When a message arriving now expires.
+    fn deadline_for(&self, msg: &Message, now: Instant) -> Option<Instant> {
+        let ttl = match (self.policy.message_ttl, msg.ttl()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map(|d| now + d)
     }
 
     /// Puts back what the store recovered, in order, before the queue is used.
-    pub fn restore(&self, messages: Vec<(MessageRecord, bool)>, next_seq: u64) {
-        let mut st = self.state.lock();
-        for (m, redelivered) in messages {
-            st.ready.push_back(QueuedMessage {
-                seq: m.seq,
-                redelivered,
-                msg: Arc::new(Message {
+    pub fn restore(self: &Arc<Self>, messages: Vec<(MessageRecord, bool)>, next_seq: u64) {
+        let now = Instant::now();
+        self.with_state(|st| {
+            for (m, redelivered) in messages {
+                let msg = Arc::new(Message {
                     exchange: m.exchange,
                     routing_key: m.routing_key,
                     properties: m.properties,
                     body: m.body,
-                }),
-            });
-        }
-        st.next_seq = st.next_seq.max(next_seq);
+                });
+                // The clock restarts at recovery (the store keeps no arrival time).
+                let expires_at = self.deadline_for(&msg, now);
+                st.ready.push_back(QueuedMessage {
+                    seq: m.seq,
+                    redelivered,
+                    msg,
+                    expires_at,
+                    delivery_count: u32::from(redelivered),
+                });
+            }
+            st.next_seq = st.next_seq.max(next_seq);
+        });
     }
 
     /// The store, if this message is logged in this queue (persistent, and the queue durable).
@@ -350,6 +390,20 @@ impl Queue {
         }
     }
 
+    /// The properties a delivery of `entry` carries: a quorum queue adds `x-delivery-count` to
+    /// redeliveries, as RabbitMQ does.
+    pub fn properties_for(&self, entry: &QueuedMessage) -> Option<BasicProperties> {
+        if !self.policy.quorum || entry.delivery_count == 0 {
+            return None;
+        }
+        let mut headers = entry.msg.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-delivery-count".into(),
+            AMQPValue::LongLongInt(i64::from(entry.delivery_count)),
+        );
+        Some(entry.msg.properties.clone().with_headers(headers))
+    }
+
     /// Ready messages and consumers.
     pub fn counts(&self) -> Counts {
         let st = self.state.lock();
@@ -359,70 +413,103 @@ impl Queue {
         }
     }
 
-    /// Appends a routed message (within `x-max-length`) and delivers what credit allows.
+    /// Whether one more message of `bytes` would go over a limit.
+    fn over_limit(&self, st: &State, extra: usize, bytes: u64) -> bool {
+        self.policy
+            .max_length
+            .is_some_and(|max| (st.ready.len() + extra) as u64 > max)
+            || self
+                .policy
+                .max_length_bytes
+                .is_some_and(|max| st.ready.bytes() + bytes > max)
+    }
+
+    /// Appends a routed message (within the length limits) and delivers what credit allows.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
         let store = self.store_for(&msg);
         if store.is_some_and(|s| s.store.failure().is_some()) {
             return Enqueued::StoreFailed;
         }
-        let mut st = self.state.lock();
-        if st.deleted {
-            return Enqueued::Gone;
-        }
-        if let Some(max) = self.policy.max_length {
-            // The limit counts ready messages; a message that a consumer can take at once never
-            // waits, so deliver first.
-            self.dispatch_locked(&mut st);
-            if st.ready.len() as u64 >= max {
-                match self.policy.overflow {
-                    Overflow::RejectPublish => return Enqueued::Rejected,
-                    Overflow::DropHead => {
-                        if max == 0 {
-                            return Enqueued::Accepted; // Dropped at once, as RabbitMQ does.
-                        }
-                        while st.ready.len() as u64 >= max {
-                            if let Some(dropped) = st.ready.pop_front() {
-                                self.log_settled(&dropped);
-                            }
-                        }
-                    }
-                }
+        self.with_state(|st| {
+            if st.deleted {
+                return Enqueued::Gone;
             }
-        }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        // Logged under the lock, so the log has this queue's records in the queue's order.
-        if let Some(s) = store {
-            s.store.message(s.id, seq, &msg);
-        }
-        st.ready.push_back(QueuedMessage {
-            seq,
-            redelivered: false,
-            msg,
-        });
-        self.dispatch_locked(&mut st);
-        Enqueued::Accepted
+            let now = Instant::now();
+            let limited =
+                self.policy.max_length.is_some() || self.policy.max_length_bytes.is_some();
+            if limited {
+                // The limits count ready messages; a message that a consumer can take at once
+                // never waits, so deliver first.
+                self.dispatch_locked(st, now);
+            }
+            let size = msg.body.len() as u64;
+            if limited && self.policy.overflow != Overflow::DropHead && self.over_limit(st, 1, size)
+            {
+                if self.policy.overflow == Overflow::RejectPublishDlx
+                    && self.policy.dead_letter_exchange.is_some()
+                {
+                    st.dead.push((msg, Reason::Maxlen));
+                }
+                return Enqueued::Rejected;
+            }
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            // Logged under the lock, so the log has this queue's records in the queue's order.
+            if let Some(s) = store {
+                s.store.message(s.id, seq, &msg);
+            }
+            let expires_at = self.deadline_for(&msg, now);
+            st.ready.push_back(QueuedMessage {
+                seq,
+                redelivered: false,
+                msg,
+                expires_at,
+                delivery_count: 0,
+            });
+            self.dispatch_locked(st, now);
+            // drop-head: make room by dropping (dead-lettering) the oldest, as RabbitMQ does
+            // (with a limit of 0 or a message larger than the byte limit, that is the new one).
+            while self.over_limit(st, 0, 0) {
+                let Some(dropped) = st.ready.pop_front() else {
+                    break;
+                };
+                self.discard(st, dropped, Reason::Maxlen);
+            }
+            Enqueued::Accepted
+        })
     }
 
-    /// Delivers ready messages to consumers with credit, round-robin.
+    /// Delivers ready messages to consumers with credit.
     pub fn dispatch(self: &Arc<Self>) {
-        let mut st = self.state.lock();
-        self.dispatch_locked(&mut st);
+        self.with_state(|st| self.dispatch_locked(st, Instant::now()));
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+    /// Delivers to the highest-priority consumers with credit, round-robin among equals (with a
+    /// single active consumer, to the first one only). Expired messages are never delivered.
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: Instant) {
+        self.expire_locked(st, now);
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = st.consumers.len();
-            let start = st.next_consumer % n;
-            let Some(i) = (0..n)
-                .map(|k| (start + k) % n)
-                .find(|&i| st.consumers[i].try_take())
-            else {
+            let candidates = if self.policy.single_active_consumer {
+                1
+            } else {
+                st.consumers.len()
+            };
+            let Some(i) = (0..candidates).find(|&i| st.consumers[i].try_take()) else {
                 return;
             };
-            st.next_consumer = i + 1;
             let consumer = st.consumers[i].clone();
-            let entry = st.ready.pop_front().expect("checked non-empty");
+            let Some(entry) = self.pop_live(st, now) else {
+                consumer.release();
+                return;
+            };
+            if !self.policy.single_active_consumer {
+                // To the back of its priority group: round-robin among equals.
+                let end = i + st.consumers[i..]
+                    .iter()
+                    .take_while(|c| c.priority == consumer.priority)
+                    .count();
+                st.consumers[i..end].rotate_left(1);
+            }
             if !consumer.no_ack {
                 st.unacked += 1;
                 self.log_delivered(&entry);
@@ -440,24 +527,39 @@ impl Queue {
                 if !consumer.no_ack {
                     st.unacked -= 1;
                 }
-                st.ready.push_front(d.entry);
-                st.consumers.remove(i);
+                st.ready.insert_in_order(d.entry);
+                st.consumers.retain(|c| !Arc::ptr_eq(c, &consumer));
             }
+        }
+    }
+
+    /// The next ready message that has not expired (expired ones met on the way are discarded).
+    fn pop_live(&self, st: &mut State, now: Instant) -> Option<QueuedMessage> {
+        loop {
+            let entry = st.ready.pop_front()?;
+            if !entry.expired_at(now) {
+                return Some(entry);
+            }
+            self.discard(st, entry, Reason::Expired);
         }
     }
 
     /// Takes the next ready message for `basic.get`; with `no_ack` it is settled at once.
     /// Returns it with the number of messages still ready.
-    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let mut st = self.state.lock();
-        let entry = st.ready.pop_front()?;
-        if no_ack {
-            self.log_settled(&entry);
-        } else {
-            st.unacked += 1;
-            self.log_delivered(&entry);
-        }
-        Some((entry, count(st.ready.len())))
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        self.with_state(|st| {
+            let now = Instant::now();
+            st.last_used = now;
+            self.expire_locked(st, now);
+            let entry = self.pop_live(st, now)?;
+            if no_ack {
+                self.log_settled(&entry);
+            } else {
+                st.unacked += 1;
+                self.log_delivered(&entry);
+            }
+            Some((entry, count(st.ready.len())))
+        })
     }
 
     /// A delivery was acknowledged (or rejected without requeue): it is gone for good.
@@ -474,71 +576,101 @@ impl Queue {
     }
 
     /// Puts deliveries back in their original positions, marked redelivered, and delivers again.
-    /// `was_unacked` says whether they were counted as out with a consumer.
+    /// `was_unacked` says whether they were counted as out with a consumer. With
+    /// `x-delivery-limit`, a message returned more often than that is dead-lettered instead
+    /// (reason `delivery_limit`).
     pub fn requeue(self: &Arc<Self>, entries: Vec<QueuedMessage>, was_unacked: bool) {
-        let mut st = self.state.lock();
-        if was_unacked {
-            st.unacked = st.unacked.saturating_sub(entries.len());
-        }
-        if st.deleted {
-            return;
-        }
-        for mut entry in entries {
-            entry.redelivered = true;
-            let at = st.ready.partition_point(|e| e.seq < entry.seq);
-            st.ready.insert(at, entry);
-        }
-        self.dispatch_locked(&mut st);
+        self.with_state(|st| {
+            if was_unacked {
+                st.unacked = st.unacked.saturating_sub(entries.len());
+            }
+            if st.deleted {
+                return;
+            }
+            for mut entry in entries {
+                entry.redelivered = true;
+                entry.delivery_count = entry.delivery_count.saturating_add(1);
+                if self
+                    .policy
+                    .delivery_limit
+                    .is_some_and(|limit| u64::from(entry.delivery_count) > limit)
+                {
+                    self.discard(st, entry, Reason::DeliveryLimit);
+                    continue;
+                }
+                st.ready.insert_in_order(entry);
+            }
+            self.dispatch_locked(st, Instant::now());
+        });
     }
 
     /// Puts back a delivery that never reached its consumer (the channel closed first); its
     /// redelivered flag stays as it was.
     pub fn return_undelivered(self: &Arc<Self>, entry: QueuedMessage, was_unacked: bool) {
-        let mut st = self.state.lock();
-        if was_unacked {
-            st.unacked = st.unacked.saturating_sub(1);
-        }
-        if st.deleted {
-            return;
-        }
-        let at = st.ready.partition_point(|e| e.seq < entry.seq);
-        st.ready.insert(at, entry);
-        self.dispatch_locked(&mut st);
+        self.with_state(|st| {
+            if was_unacked {
+                st.unacked = st.unacked.saturating_sub(1);
+            }
+            if st.deleted {
+                return;
+            }
+            st.ready.insert_in_order(entry);
+            self.dispatch_locked(st, Instant::now());
+        });
     }
 
     /// Subscribes a consumer, enforcing exclusive consumers (403 as RabbitMQ answers).
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>, vhost: &str) -> AmqpResult {
-        let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive)
-            || (consumer.exclusive && !st.consumers.is_empty())
-        {
-            return Err(AmqpError::access_refused(format_args!(
-                "queue '{}' in vhost '{vhost}' in exclusive use",
-                self.name
-            )));
-        }
-        st.consumers.push(consumer);
-        st.had_consumer = true;
-        self.dispatch_locked(&mut st);
-        Ok(())
+        self.with_state(|st| {
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && !st.consumers.is_empty())
+            {
+                return Err(AmqpError::access_refused(format_args!(
+                    "queue '{}' in vhost '{vhost}' in exclusive use",
+                    self.name
+                )));
+            }
+            let at = if self.policy.single_active_consumer {
+                st.consumers.len()
+            } else {
+                st.consumers
+                    .partition_point(|c| c.priority >= consumer.priority)
+            };
+            st.consumers.insert(at, consumer);
+            st.had_consumer = true;
+            st.last_used = Instant::now();
+            self.dispatch_locked(st, Instant::now());
+            Ok(())
+        })
     }
 
-    /// Unsubscribes a consumer. Returns true when an auto-delete queue just lost its last one and
-    /// must now be deleted.
-    pub fn remove_consumer(&self, conn: ConnId, channel: u16, tag: &ShortString) -> bool {
-        let mut st = self.state.lock();
-        st.consumers.retain(|c| !c.is(conn, channel, tag));
-        self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+    /// Unsubscribes a consumer (without delivering to the others: the caller dispatches once
+    /// the consumer's unacked messages are back). Returns true when an auto-delete queue just
+    /// lost its last one and must now be deleted.
+    pub fn remove_consumer(
+        self: &Arc<Self>,
+        conn: ConnId,
+        channel: u16,
+        tag: &ShortString,
+    ) -> bool {
+        self.with_state(|st| {
+            st.consumers.retain(|c| !c.is(conn, channel, tag));
+            if st.consumers.is_empty() {
+                st.last_used = Instant::now();
+                st.timer_at = None;
+            }
+            self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+        })
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        let n = st.ready.len();
-        for entry in std::mem::take(&mut st.ready) {
-            self.log_settled(&entry);
+        let all = st.ready.take_all();
+        for entry in &all {
+            self.log_settled(entry);
         }
-        count(n)
+        count(all.len())
     }
 
     /// Checks `queue.delete`'s conditions (406 as RabbitMQ answers).
@@ -565,7 +697,7 @@ impl Queue {
         let mut st = self.state.lock();
         st.deleted = true;
         let n = count(st.ready.len());
-        st.ready.clear();
+        st.ready.take_all();
         if let Some(s) = &self.store {
             s.store.drop_queue(s.id);
         }
@@ -575,6 +707,7 @@ impl Queue {
                 consumer_tag: c.tag.clone(),
             });
         }
+        self.wake.notify_one();
         n
     }
 }

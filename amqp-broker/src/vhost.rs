@@ -6,16 +6,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use parking_lot::{Mutex, RwLock};
 
-use crate::dead_letter::{Reason, dead_lettered};
+use crate::dead_letter::{Reason, dead_lettered, is_cycle};
+use crate::delayed::{Delayed, Pending, delay_of};
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, routing_keys};
 use crate::message::Message;
-use crate::queue::{ConnId, Consumer, Counts, Policy, Queue};
+use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
 use crate::store::{Definitions, QueueStore, Recovered, Store};
 
@@ -73,6 +75,10 @@ pub(crate) struct Vhost {
     reply_to: Mutex<HashMap<String, Arc<Consumer>>>,
     /// Where durable things are kept (`None`: the broker runs in memory only).
     store: Option<Arc<Store>>,
+    /// Messages held by `x-delayed-message` exchanges.
+    pub(crate) delayed: Delayed,
+    /// This vhost, for the queues' and the delay timer's tasks (which must not keep it alive).
+    me: Weak<Vhost>,
 }
 
 #[derive(Debug, Default)]
@@ -102,11 +108,13 @@ impl Vhost {
             );
             topology.exchanges.insert((*name).into(), x);
         }
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             name: name.to_owned(),
             topology: RwLock::new(topology),
             reply_to: Mutex::new(HashMap::new()),
             store,
+            delayed: Delayed::default(),
+            me: me.clone(),
         })
     }
 
@@ -159,6 +167,7 @@ impl Vhost {
                 q.arguments,
                 policy,
                 Some(link),
+                self.me.clone(),
             );
             if let Some(r) = queues.remove(&q.id) {
                 queue.restore(r.messages, r.next_seq);
@@ -217,6 +226,12 @@ impl Vhost {
                 "unknown exchange type '{kind}'"
             )));
         };
+        if kind.routes_as(arguments).is_none() {
+            // The delayed-message plugin's words.
+            return Err(AmqpError::precondition_failed(
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+            ));
+        }
         if let Some(x) = topo.exchanges.get(name) {
             let what = Resource::Exchange(name, &self.name);
             inequivalent(what, "type", kind.as_str(), x.kind.as_str())?;
@@ -319,12 +334,51 @@ impl Vhost {
     fn route_any(
         &self,
         exchange: &ShortString,
-        routing_key: &str,
+        keys: &[String],
         headers: Option<&FieldTable>,
     ) -> Route {
         let topo = self.topology.read();
-        topo.route(exchange, routing_key, headers, &self.name)
+        topo.route(exchange, keys, headers, &self.name)
             .unwrap_or_default()
+    }
+
+    /// The delay a message published to `exchange` waits for: `Some` when it is an
+    /// `x-delayed-message` exchange and the `x-delay` header asks for a positive delay.
+    pub fn delay_for(
+        &self,
+        exchange: &ShortString,
+        headers: Option<&FieldTable>,
+    ) -> Option<Duration> {
+        let topo = self.topology.read();
+        let x = topo.exchanges.get(exchange)?;
+        if x.kind != ExchangeKind::DelayedMessage {
+            return None;
+        }
+        delay_of(headers)
+    }
+
+    /// Holds a message for an `x-delayed-message` exchange.
+    pub fn schedule_delayed(
+        &self,
+        exchange: ShortString,
+        keys: Vec<String>,
+        msg: Arc<Message>,
+        delay: Duration,
+    ) {
+        let pending = Pending {
+            exchange,
+            keys,
+            msg,
+        };
+        self.delayed.schedule(self.me.clone(), delay, pending);
+    }
+
+    /// A delayed message is due: route it from its exchange (dropped if that is gone).
+    pub(crate) fn route_delayed(&self, p: Pending) {
+        let route = self.route_any(&p.exchange, &p.keys, p.msg.properties.headers().as_ref());
+        for q in route.queues {
+            q.publish(p.msg.clone());
+        }
     }
 
     /// The destinations of a message published to `exchange`: 404 when it does not exist, 403
@@ -332,7 +386,7 @@ impl Vhost {
     pub fn route(
         &self,
         exchange: &ShortString,
-        routing_key: &str,
+        keys: &[String],
         headers: Option<&FieldTable>,
     ) -> AmqpResult<Route> {
         let topo = self.topology.read();
@@ -342,11 +396,13 @@ impl Vhost {
                 x.name, self.name
             )));
         }
-        topo.route(exchange, routing_key, headers, &self.name)
+        topo.route(exchange, keys, headers, &self.name)
     }
 
     /// Republishes a message `queue` rejected to the queue's dead-letter exchange, if it has one
     /// (with no such exchange, or no route from it, the message is dropped, as in RabbitMQ).
+    /// A queue the message would cycle back to without a rejection on the way does not get it
+    /// (see [`is_cycle`]).
     pub fn dead_letter(&self, queue: &Queue, msg: &Message, reason: Reason) {
         let Some(exchange) = queue.policy.dead_letter_exchange.clone() else {
             return;
@@ -363,12 +419,14 @@ impl Vhost {
             exchange,
             routing_key,
         ));
-        let route = self.route_any(
-            &dead.exchange,
-            dead.routing_key.as_str(),
-            dead.properties.headers().as_ref(),
-        );
+        let headers = dead.properties.headers().as_ref();
+        let keys = routing_keys(dead.routing_key.as_str(), headers);
+        let route = self.route_any(&dead.exchange, &keys, headers);
         for q in route.queues {
+            if reason != Reason::Rejected && is_cycle(&dead, q.name.as_str()) {
+                tracing::debug!(queue = %q.name, "dead-letter cycle: message dropped");
+                continue;
+            }
             q.publish(dead.clone());
         }
     }
@@ -388,6 +446,7 @@ impl Vhost {
         let mut topo = self.topology.write();
         if passive {
             let q = topo.queue(name, conn, &self.name)?;
+            q.touch();
             return Ok((q.clone(), q.counts()));
         }
         let name = if name.as_str().is_empty() {
@@ -416,11 +475,17 @@ impl Vhost {
                     Arg(q.arguments.inner().get(*key)),
                 )?;
             }
+            q.touch();
             let counts = q.counts();
             return Ok((q, counts));
         }
         let owner = flags.exclusive.then_some(conn);
-        let policy = Policy::from_arguments(arguments, &name, &self.name)?;
+        let declared = DeclareFlags {
+            durable: flags.durable,
+            exclusive: flags.exclusive,
+            auto_delete: flags.auto_delete,
+        };
+        let policy = Policy::for_declare(arguments, &name, &self.name, Some(declared))?;
         let link = match &self.store {
             Some(store) if flags.durable && owner.is_none() => Some(QueueStore {
                 id: store.new_queue_id(),
@@ -436,6 +501,7 @@ impl Vhost {
             arguments.clone(),
             policy,
             link,
+            self.me.clone(),
         );
         topo.queues.insert(name, q.clone());
         self.save(&topo)?;
@@ -571,12 +637,17 @@ impl Topology {
     fn route(
         &self,
         exchange: &ShortString,
-        routing_key: &str,
+        keys: &[String],
         headers: Option<&FieldTable>,
         vhost: &str,
     ) -> AmqpResult<Route> {
         if exchange.as_str().is_empty() {
-            let queues = self.queues.get(routing_key).cloned().into_iter().collect();
+            let mut seen = BTreeSet::new();
+            let queues = keys
+                .iter()
+                .filter(|k| seen.insert(k.as_str()))
+                .filter_map(|k| self.queues.get(k.as_str()).cloned())
+                .collect();
             return Ok(Route { queues });
         }
         let mut seen_exchanges = BTreeSet::from([exchange.clone()]);
@@ -584,7 +655,15 @@ impl Topology {
         let mut queue_names = BTreeSet::new();
         while let Some(x) = pending.pop() {
             let mut out = BTreeSet::new();
-            x.route(routing_key, headers, &mut out);
+            for key in keys {
+                x.route(key, headers, &mut out);
+            }
+            if out.is_empty() {
+                // Nothing bound matched: the alternate exchange gets it, as in RabbitMQ.
+                if let Some(ae) = alternate_exchange(&x.arguments) {
+                    out.insert(Destination::Exchange(ae));
+                }
+            }
             for d in out {
                 match d {
                     Destination::Queue(q) => {
@@ -654,6 +733,17 @@ impl Topology {
         for name in emptied {
             self.remove_exchange(&name);
         }
+    }
+}
+
+/// The `alternate-exchange` argument of an exchange.
+fn alternate_exchange(arguments: &FieldTable) -> Option<ShortString> {
+    match arguments.inner().get("alternate-exchange")? {
+        AMQPValue::LongString(s) => Some(crate::codec::short(
+            String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        )),
+        AMQPValue::ShortString(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

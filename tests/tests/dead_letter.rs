@@ -245,3 +245,100 @@ async fn dead_letter_routing_key_needs_an_exchange(b: TestBroker) {
 }
 
 conformance!(dead_letter_routing_key_needs_an_exchange);
+
+/// A queue with `x-max-length` (`drop-head`) dead-letters the messages it drops, with reason
+/// `maxlen`.
+async fn dropped_heads_are_dead_lettered(b: TestBroker) {
+    let (_conn, ch) = open(&b).await;
+    let dlq = fresh_queue(&ch, "dl.maxlen.target").await;
+    let q = unique("dl.maxlen");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    args.insert("x-dead-letter-routing-key".into(), text(&dlq));
+    queue_named(&ch, &q, args).await;
+    publish(&ch, "", &q, b"first").await;
+    publish(&ch, "", &q, b"second").await;
+    let dead = get_eventually_delivery(&ch, &dlq).await;
+    assert_eq!(dead.data, b"first");
+    let h = dead.properties.headers().clone().expect("headers");
+    assert_eq!(
+        as_text(h.inner().get("x-first-death-reason")).as_deref(),
+        Some("maxlen")
+    );
+    assert_eq!(
+        get(&ch, &q).await.expect("the newest stays").data,
+        b"second"
+    );
+}
+
+/// `reject-publish-dlx`: the refused message is nacked to a confirming publisher and
+/// dead-lettered (reason `maxlen`, as RabbitMQ writes it).
+async fn reject_publish_dlx_dead_letters_the_refused(b: TestBroker) {
+    let (_conn, ch) = open(&b).await;
+    within(
+        "confirm.select",
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    let dlq = fresh_queue(&ch, "dl.rpdlx.target").await;
+    let q = unique("dl.rpdlx");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert("x-overflow".into(), text("reject-publish-dlx"));
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    args.insert("x-dead-letter-routing-key".into(), text(&dlq));
+    queue_named(&ch, &q, args).await;
+    for (body, ack) in [(&b"kept"[..], true), (&b"refused"[..], false)] {
+        let confirm = within(
+            "basic.publish",
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                body,
+                Default::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+        let c = within("confirm", confirm).await.expect("confirm");
+        assert_eq!(c.is_ack(), ack, "{}", String::from_utf8_lossy(body));
+    }
+    let dead = get_eventually_delivery(&ch, &dlq).await;
+    assert_eq!(dead.data, b"refused");
+    let h = dead.properties.headers().clone().expect("headers");
+    assert_eq!(
+        as_text(h.inner().get("x-first-death-reason")).as_deref(),
+        Some("maxlen")
+    );
+    assert_eq!(get(&ch, &q).await.expect("kept").data, b"kept");
+}
+
+/// A rejected message may come back to its queue through the dead-letter exchange (a rejection
+/// breaks a cycle): it is not dropped.
+async fn a_rejection_cycle_is_allowed(b: TestBroker) {
+    let (_conn, ch) = open(&b).await;
+    let q = unique("dl.rejectcycle");
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    queue_named(&ch, &q, args).await;
+    publish(&ch, "", &q, b"again").await;
+    let d = get_eventually_delivery(&ch, &q).await;
+    within(
+        "reject",
+        d.acker.reject(BasicRejectOptions { requeue: false }),
+    )
+    .await
+    .expect("reject");
+    let back = get_eventually_delivery(&ch, &q).await;
+    assert_eq!(back.data, b"again");
+    assert!(!back.redelivered, "a new message, not a redelivery");
+}
+
+conformance!(
+    dropped_heads_are_dead_lettered,
+    reject_publish_dlx_dead_letters_the_refused,
+    a_rejection_cycle_is_allowed,
+);

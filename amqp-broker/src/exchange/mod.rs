@@ -6,7 +6,7 @@ mod topic;
 
 use std::collections::{BTreeSet, HashMap};
 
-use amq_protocol::types::{FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 
 use self::topic::TopicTrie;
 
@@ -17,6 +17,9 @@ pub(crate) enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    /// `x-delayed-message` (the RabbitMQ plugin's interface): holds a message for its `x-delay`
+    /// header's milliseconds, then routes it as its `x-delayed-type` argument says.
+    DelayedMessage,
 }
 
 impl ExchangeKind {
@@ -27,6 +30,7 @@ impl ExchangeKind {
             "fanout" => Some(Self::Fanout),
             "topic" => Some(Self::Topic),
             "headers" => Some(Self::Headers),
+            "x-delayed-message" => Some(Self::DelayedMessage),
             _ => None,
         }
     }
@@ -38,8 +42,43 @@ impl ExchangeKind {
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::DelayedMessage => "x-delayed-message",
         }
     }
+
+    /// How an exchange of this type with these arguments routes (`None`: an
+    /// `x-delayed-message` exchange without a valid `x-delayed-type`).
+    pub fn routes_as(self, arguments: &FieldTable) -> Option<Self> {
+        if self != Self::DelayedMessage {
+            return Some(self);
+        }
+        let inner = match arguments.inner().get("x-delayed-type")? {
+            AMQPValue::LongString(s) => Self::parse(&String::from_utf8_lossy(s.as_bytes()))?,
+            AMQPValue::ShortString(s) => Self::parse(s.as_str())?,
+            _ => return None,
+        };
+        (inner != Self::DelayedMessage).then_some(inner)
+    }
+}
+
+/// The routing keys of a message: its own, then those in its `CC` and `BCC` headers (arrays of
+/// strings), as RabbitMQ's sender-selected distribution has it.
+pub(crate) fn routing_keys(routing_key: &str, headers: Option<&FieldTable>) -> Vec<String> {
+    let mut keys = vec![routing_key.to_owned()];
+    for header in ["CC", "BCC"] {
+        if let Some(AMQPValue::FieldArray(a)) = headers.and_then(|h| h.inner().get(header)) {
+            for v in a.as_slice() {
+                match v {
+                    AMQPValue::LongString(s) => {
+                        keys.push(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    AMQPValue::ShortString(s) => keys.push(s.to_string()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    keys
 }
 
 /// Where a binding leads: a queue, or another exchange (exchange-to-exchange bindings).
@@ -66,6 +105,8 @@ pub(crate) struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    /// The type whose routing it uses (an `x-delayed-message` exchange's `x-delayed-type`).
+    routes_as: ExchangeKind,
     /// Every binding, in the order made (what `unbind` and deletion work on).
     bindings: Vec<Binding>,
     /// The type-specific index that routing reads.
@@ -93,8 +134,9 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
-        let index = match kind {
-            ExchangeKind::Direct => Index::Direct(HashMap::new()),
+        let routes_as = kind.routes_as(&arguments).unwrap_or(ExchangeKind::Direct);
+        let index = match routes_as {
+            ExchangeKind::Direct | ExchangeKind::DelayedMessage => Index::Direct(HashMap::new()),
             ExchangeKind::Fanout => Index::Fanout(BTreeSet::new()),
             ExchangeKind::Topic => Index::Topic(TopicTrie::default()),
             ExchangeKind::Headers => Index::Headers,
@@ -106,6 +148,7 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
+            routes_as,
             bindings: Vec::new(),
             index,
         }
@@ -168,7 +211,7 @@ impl Exchange {
     /// Drops `binding` from the index unless an equal (destination, key) pair remains bound with
     /// other arguments.
     fn unindex(&mut self, binding: &Binding) {
-        let still_bound = self.bindings.iter().any(|b| match self.kind {
+        let still_bound = self.bindings.iter().any(|b| match self.routes_as {
             ExchangeKind::Fanout => b.destination == binding.destination,
             _ => b.destination == binding.destination && b.routing_key == binding.routing_key,
         });

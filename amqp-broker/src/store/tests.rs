@@ -281,7 +281,7 @@ fn non_durable_things_gone() {
     let (v, _store) = open(&mem.restart());
     assert_eq!(v.queue_count(), 1, "only the durable, non-exclusive queue");
     assert_eq!(ready(&v, "q"), fresh(&["persistent"]));
-    let route = v.route(&"dx".into(), "k.x", None).unwrap();
+    let route = v.route(&"dx".into(), &["k.x".into()], None).unwrap();
     let names: Vec<_> = route.queues.iter().map(|q| q.name.to_string()).collect();
     assert_eq!(
         names,
@@ -289,7 +289,7 @@ fn non_durable_things_gone() {
         "the durable binding survived, the other did not"
     );
     assert!(
-        v.route(&"tx".into(), "k", None).is_err(),
+        v.route(&"tx".into(), &["k".into()], None).is_err(),
         "transient exchange gone"
     );
 }

@@ -1,7 +1,7 @@
 //! Listeners as `#[rabbit_listener]` registers them: plain static data and a function pointer,
 //! collected with `inventory`, declared and started by [`crate::App`].
 
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, LongString};
 
 use crate::breaker::CircuitBreaker;
 use crate::declare::{Binding, Declarable, Exchange, ExchangeType, Queue};
@@ -120,14 +120,5 @@ impl ListenerDefinition {
             }
         }
         out
-    }
-
-    /// The binding arguments as a table.
-    pub fn binding_table(&self) -> FieldTable {
-        let mut t = FieldTable::default();
-        for (k, v) in self.binding_arguments {
-            t.insert((*k).into(), v.to_amqp());
-        }
-        t
     }
 }

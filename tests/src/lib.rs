@@ -225,3 +225,25 @@ macro_rules! conformance {
         }
     )+};
 }
+
+/// Declares, through amqp-core, a transient work queue with a dead-letter queue behind it (a
+/// fanout dead-letter exchange bound to it), all named from `prefix`; returns (queue,
+/// dead-letter queue).
+pub async fn work_queue_with_dlq(conn: &amqp_core::Connection, prefix: &str) -> (String, String) {
+    use amqp_core::{Binding, Exchange, Queue};
+    let q = unique(prefix);
+    let dlx = unique(&format!("{prefix}.dlx"));
+    let dlq = unique(&format!("{prefix}.dlq"));
+    conn.declare(vec![
+        Exchange::fanout(&dlx)
+            .durable(false)
+            .auto_delete(true)
+            .into(),
+        Queue::transient(&dlq).auto_delete().into(),
+        Binding::queue(&dlq).to(&dlx).into(),
+        Queue::transient(&q).dead_letter_exchange(&dlx).into(),
+    ])
+    .await
+    .expect("declare a work queue with a dead-letter queue");
+    (q, dlq)
+}

@@ -36,25 +36,6 @@ async fn connect(b: &TestBroker) -> Connection {
         .expect("connect")
 }
 
-/// A transient work queue with a dead-letter queue behind it; returns (queue, dead-letter queue).
-async fn work_queue_with_dlq(conn: &Connection) -> (String, String) {
-    let q = unique("core.work");
-    let dlx = unique("core.dlx");
-    let dlq = unique("core.dlq");
-    conn.declare(vec![
-        Exchange::fanout(&dlx)
-            .durable(false)
-            .auto_delete(true)
-            .into(),
-        Queue::transient(&dlq).auto_delete().into(),
-        Binding::queue(&dlq).to(&dlx).into(),
-        Queue::transient(&q).dead_letter_exchange(&dlx).into(),
-    ])
-    .await
-    .expect("declare");
-    (q, dlq)
-}
-
 async fn plain_queue(conn: &Connection) -> String {
     let q = unique("core.q");
     conn.declare(Queue::transient(&q)).await.expect("declare");
@@ -92,7 +73,7 @@ async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
 /// the same way; the listener keeps handling what follows.
 async fn failures_are_dead_lettered_and_the_listener_goes_on(b: TestBroker) {
     let conn = connect(&b).await;
-    let (q, dlq) = work_queue_with_dlq(&conn).await;
+    let (q, dlq) = tests::work_queue_with_dlq(&conn, "core.work").await;
     let (tx, mut handled) = mpsc::unbounded_channel();
     let listener = Listener::on(&q)
         .prefetch(1)

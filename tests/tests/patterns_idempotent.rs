@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use amqp_core::idempotent::{self, Claim, Idempotency, IdempotencyStore, MemoryStore, RedisStore};
 use amqp_core::types::BasicProperties;
 use amqp_core::{
-    AckMode, Binding, Connection, ConnectionFactory, Exchange, Listener, ListenerError, Message,
-    Metadata, Queue, Template,
+    AckMode, Connection, ConnectionFactory, Listener, ListenerError, Message, Metadata, Template,
 };
 use common::within;
 use lapin::options::QueueDeclareOptions;
@@ -47,25 +46,6 @@ async fn redis() -> Arc<dyn IdempotencyStore> {
         .unwrap_or_else(|_| panic!("Redis at {url} did not answer in 5 s"))
         .unwrap_or_else(|e| panic!("Redis at {url}: {e} (set REDIS_URL to another Redis)"));
     Arc::new(store)
-}
-
-/// A work queue with a dead-letter queue behind it: (queue, dead-letter queue).
-async fn queue_with_dlq(conn: &Connection) -> (String, String) {
-    let q = unique("patterns.idem");
-    let dlx = unique("patterns.idem.dlx");
-    let dlq = unique("patterns.idem.dlq");
-    conn.declare(vec![
-        Exchange::fanout(&dlx)
-            .durable(false)
-            .auto_delete(true)
-            .into(),
-        Queue::transient(&dlq).auto_delete().into(),
-        Binding::queue(&dlq).to(&dlx).into(),
-        Queue::transient(&q).dead_letter_exchange(&dlx).into(),
-    ])
-    .await
-    .expect("declare");
-    (q, dlq)
 }
 
 /// Messages in a queue, ready or not (passive declare on a raw channel, after consumers left).
@@ -116,7 +96,7 @@ fn recording(
 /// effect, every copy acknowledged (none dead-lettered, none left in the queue).
 async fn exactly_once(b: TestBroker, store: Arc<dyn IdempotencyStore>) {
     let conn = connect(&b).await;
-    let (q, dlq) = queue_with_dlq(&conn).await;
+    let (q, dlq) = tests::work_queue_with_dlq(&conn, "patterns.idem").await;
     let template = Template::new(conn.clone());
     let effects: Effects = Arc::default();
 
@@ -175,7 +155,7 @@ async fn exactly_once(b: TestBroker, store: Arc<dyn IdempotencyStore>) {
 /// run while the lease lives, and runs once after it lapsed; later copies are acked unread.
 async fn a_lapsed_lease_runs_again_once(b: TestBroker, store: Arc<dyn IdempotencyStore>) {
     let conn = connect(&b).await;
-    let (q, dlq) = queue_with_dlq(&conn).await;
+    let (q, dlq) = tests::work_queue_with_dlq(&conn, "patterns.idem").await;
     let lease = Duration::from_millis(1500);
     let claimed = store
         .begin(&idempotent::key(&q, "w-1"), lease)
@@ -221,7 +201,7 @@ async fn a_lapsed_lease_runs_again_once(b: TestBroker, store: Arc<dyn Idempotenc
 async fn concurrent_duplicates_run_once(b: TestBroker, store: Arc<dyn IdempotencyStore>) {
     let conn_a = connect(&b).await;
     let conn_b = connect(&b).await;
-    let (q, dlq) = queue_with_dlq(&conn_a).await;
+    let (q, dlq) = tests::work_queue_with_dlq(&conn_a, "patterns.idem").await;
     let effects: Effects = Arc::default();
     let mut listeners = Vec::new();
     for conn in [&conn_a, &conn_b] {

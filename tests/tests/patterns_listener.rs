@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use amqp_core::{
-    Binding, CircuitBreaker, Connection, ConnectionFactory, Exchange, Listener, ListenerError,
-    Queue, Rate, Template,
+    CircuitBreaker, Connection, ConnectionFactory, Listener, ListenerError, Queue, Rate, Template,
 };
 use common::within;
 use lapin::options::QueueDeclareOptions;
@@ -109,20 +108,7 @@ async fn a_burst_is_consumed_at_the_rate(b: TestBroker) {
 /// cool-down, then resumes and handles the rest once its dependency is back.
 async fn the_breaker_pauses_then_resumes(b: TestBroker) {
     let conn = connect(&b).await;
-    let q = unique("patterns.breaker");
-    let dlx = unique("patterns.breaker.dlx");
-    let dlq = unique("patterns.breaker.dlq");
-    conn.declare(vec![
-        Exchange::fanout(&dlx)
-            .durable(false)
-            .auto_delete(true)
-            .into(),
-        Queue::transient(&dlq).auto_delete().into(),
-        Binding::queue(&dlq).to(&dlx).into(),
-        Queue::transient(&q).dead_letter_exchange(&dlx).into(),
-    ])
-    .await
-    .expect("declare");
+    let (q, dlq) = tests::work_queue_with_dlq(&conn, "patterns.breaker").await;
     let healthy = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let (h, c) = (healthy.clone(), calls.clone());

@@ -1,0 +1,130 @@
+//! The tool works: a one-second run against an embedded broker publishes, consumes and prints a
+//! JSON report; bad input and an unreachable broker end in a clear error, not a panic or a hang.
+//! No figure is asserted beyond "more than zero": timings depend on the machine.
+
+use std::process::Output;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+async fn amqp_perf(args: &[&str]) -> Output {
+    let run = Command::new(env!("CARGO_BIN_EXE_amqp-perf"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("amqp-perf finished within 60 s")
+        .expect("amqp-perf started")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_second_run_publishes_consumes_and_reports_json() {
+    let broker = amqp_broker::Broker::builder()
+        .port(0)
+        .start()
+        .await
+        .expect("broker");
+    let url = broker.amqp_url();
+    let out = amqp_perf(&[
+        "run", "--uri", &url, "-z", "1", "-x", "1", "-y", "1", "-s", "64", "-c", "100", "-q",
+        "200", "-A", "20", "--json",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "amqp-perf failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let number = |key: &str| {
+        report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+    };
+    assert!(number("published") > 0.0, "{report}");
+    assert!(number("consumed") > 0.0, "{report}");
+    assert!(number("confirmed") > 0.0, "{report}");
+    assert_eq!(number("nacked"), 0.0, "{report}");
+    assert!(number("publish_rate") > 0.0 && number("consume_rate") > 0.0);
+    let latency = &report["latency_us"];
+    assert!(latency["count"].as_u64().unwrap() > 0, "{report}");
+    let (p50, p99, max) = (
+        latency["p50"].as_f64().unwrap(),
+        latency["p99"].as_f64().unwrap(),
+        latency["max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
+    assert!(
+        !report["uri"].as_str().unwrap().contains("guest:guest"),
+        "the password is not printed"
+    );
+    broker.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_names_every_figure_and_idle_connections_are_held() {
+    let broker = amqp_broker::Broker::builder()
+        .port(0)
+        .start()
+        .await
+        .expect("broker");
+    let out = amqp_perf(&[
+        "run",
+        "--uri",
+        &broker.amqp_url(),
+        "-z",
+        "0.5",
+        "--auto-ack",
+        "--idle-connections",
+        "3",
+        "--quiet",
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for word in ["published", "consumed", "p99", "3 idle connections"] {
+        assert!(stdout.contains(word), "no '{word}' in:\n{stdout}");
+    }
+    broker.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_body_too_small_for_the_stamp_is_refused() {
+    let out = amqp_perf(&["run", "-s", "4", "-z", "1"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--size 4 is too small"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again when the listener drops
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let out = amqp_perf(&["run", "--uri", &uri, "-z", "1"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn compare_refuses_an_unknown_scenario() {
+    let out = amqp_perf(&[
+        "compare",
+        "--scenarios",
+        "1,7",
+        "--broker-bin",
+        "/nonexistent",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("there is no scenario 7"), "{stderr}");
+}

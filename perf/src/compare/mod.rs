@@ -159,7 +159,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<()> {
             id: *id,
             title: scenario.title(&settings),
             first: if bundled_first { "bundled" } else { "rabbitmq" },
-            rows: table::rows(scenario, &bundled.0, &rabbit.0),
+            rows: table::rows(scenario, (&bundled.0, bundled.1), (&rabbit.0, rabbit.1)),
             bundled_cpu: bundled.1,
             rabbitmq_cpu: rabbit.1,
         });

@@ -4,10 +4,34 @@
 use std::fmt::Write as _;
 
 use super::scenarios::{Goal, Scenario};
-use super::{Comparison, Row};
+use super::{Comparison, Cpu, Row};
 
-/// Pairs each of a scenario's figures with its target.
-pub fn rows(scenario: Scenario, bundled: &[f64], rabbitmq: &[f64]) -> Vec<Row> {
+/// Pairs each of a scenario's figures with its target, and adds the broker's CPU time per message
+/// where the scenario streams messages: on a machine whose cores are shared, rates follow the CPU
+/// a broker is given, its cost per message does not.
+pub fn rows(
+    scenario: Scenario,
+    (bundled, bundled_cpu): (&[f64], Cpu),
+    (rabbitmq, rabbitmq_cpu): (&[f64], Cpu),
+) -> Vec<Row> {
+    let mut rows = figures(scenario, bundled, rabbitmq);
+    if let Some(consumed) = rows.iter().find(|r| r.metric == "consumed msg/s") {
+        let micros = |cpu: Cpu, rate: f64| cpu.broker_pct / 100.0 / rate * 1e6;
+        let b = micros(bundled_cpu, consumed.bundled);
+        let r = micros(rabbitmq_cpu, consumed.rabbitmq);
+        rows.push(Row {
+            metric: "broker CPU µs/msg",
+            bundled: b,
+            rabbitmq: r,
+            ratio: b / r,
+            target: None,
+            met: None,
+        });
+    }
+    rows
+}
+
+fn figures(scenario: Scenario, bundled: &[f64], rabbitmq: &[f64]) -> Vec<Row> {
     scenario
         .metrics()
         .into_iter()

@@ -31,6 +31,8 @@ RUN_ID = uuid.uuid4().hex[:12]
 CHECK_TIMEOUT_SECS = 30
 CLEANUP_TIMEOUT_SECS = 10
 WAIT_SECS = 5.0
+# Connecting may take longer on a loaded machine (CI shares its cores with the builds).
+CONNECT_TIMEOUT_SECS = 15.0
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -62,7 +64,7 @@ class Context:
     async def connect(self, url=None):
         conn = await aio_pika.connect(
             url or self.url,
-            timeout=WAIT_SECS,
+            timeout=CONNECT_TIMEOUT_SECS,
             client_properties={"connection_name": f"aio-pika-interop {RUN_ID} {self.check_name}"},
         )
         self.connections.append(conn)

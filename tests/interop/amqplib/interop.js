@@ -21,6 +21,8 @@ const RUN_ID = crypto.randomBytes(6).toString('hex');
 const CHECK_TIMEOUT_MS = 30_000;
 const CLEANUP_TIMEOUT_MS = 10_000;
 const WAIT_MS = 5_000;
+// Connecting may take longer on a loaded machine (CI shares its cores with the builds).
+const CONNECT_TIMEOUT_MS = 15_000;
 const REPLY_TO = 'amq.rabbitmq.reply-to';
 // amqplib has no transaction API; its generic channel RPC takes the spec's method ids
 // (class << 16 | method): tx.select 90/10, tx.commit 90/20, tx.rollback 90/30 and their -ok.
@@ -66,7 +68,7 @@ class Context {
   async connect(url) {
     const conn = await amqp.connect(url || this.url, {
       clientProperties: { connection_name: `amqplib-interop ${RUN_ID} ${this.checkName}` },
-      timeout: WAIT_MS,
+      timeout: CONNECT_TIMEOUT_MS,
     });
     // A broker-closed connection emits 'error'; without a listener Node would crash the run.
     conn.on('error', () => {});

@@ -64,6 +64,27 @@ impl BrokerBuilder {
         self
     }
 
+    /// Most connections served at once (default 10 000, at least 1). Further clients wait, as
+    /// with RabbitMQ's `connection_max`: they are accepted when a connection closes.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections.max(1);
+        self
+    }
+
+    /// Most channels per connection offered in `connection.tune` (default 2047, at least 1).
+    /// Opening one more closes the connection with 530 NOT_ALLOWED.
+    pub fn channel_max(mut self, channels: u16) -> Self {
+        self.config.channel_max = channels.max(1);
+        self
+    }
+
+    /// Most consumers per channel (default: no limit). One more `basic.consume` closes the
+    /// connection with 530 NOT_ALLOWED, as RabbitMQ's `consumer_max_per_channel`.
+    pub fn max_consumers_per_channel(mut self, consumers: usize) -> Self {
+        self.config.max_consumers_per_channel = Some(consumers);
+        self
+    }
+
     /// Keeps durable exchanges, queues, bindings and persistent messages in `dir`, and
     /// recovers them from there at start. Without it the broker keeps everything in memory.
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {

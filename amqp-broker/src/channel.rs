@@ -593,6 +593,13 @@ impl Channel {
                 "attempt to reuse consumer tag '{tag}'"
             )));
         }
+        if let Some(max) = io.config.max_consumers_per_channel {
+            if self.consumers.len() >= max {
+                return Err(AmqpError::not_allowed(format_args!(
+                    "reached maximum ({max}) of consumers per channel"
+                )));
+            }
+        }
         let reply_to = c.queue.as_str() == REPLY_TO;
         if reply_to && !c.no_ack {
             return Err(AmqpError::precondition_failed(

@@ -38,8 +38,14 @@ pub struct Config {
     pub heartbeat_secs: u16,
     /// Largest message body accepted; bigger publishes are refused before their body is buffered.
     pub max_message_bytes: u64,
-    /// Most connections served at once; further ones wait for a slot.
+    /// Most connections served at once. Like RabbitMQ's `connection_max` (a limit on its TCP
+    /// acceptor), further clients are not refused: they are accepted only when a slot frees, so
+    /// they wait for `connection.start` (or give up on their own connect timeout).
     pub max_connections: usize,
+    /// Most consumers one channel may hold; `None` is no limit (RabbitMQ's default). One more
+    /// `basic.consume` closes the connection with 530 NOT_ALLOWED, as RabbitMQ's
+    /// `consumer_max_per_channel` (3.12 and later) does.
+    pub max_consumers_per_channel: Option<usize>,
     /// Where durable definitions and persistent messages are kept; `None` keeps everything in
     /// memory only.
     pub data_dir: Option<std::path::PathBuf>,
@@ -59,6 +65,7 @@ impl Default for Config {
             heartbeat_secs: 60,
             max_message_bytes: 128 * 1024 * 1024,
             max_connections: 10_000,
+            max_consumers_per_channel: None,
             data_dir: None,
             segment_bytes: 16 * 1024 * 1024,
         }

@@ -31,6 +31,9 @@ mod dead_letter;
 mod delayed;
 mod error;
 mod exchange;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id_hash;
 mod message;
 mod queue;

@@ -33,6 +33,15 @@ struct Args {
     /// Heartbeat interval proposed to clients, in seconds (0: none).
     #[arg(long, default_value_t = 60)]
     heartbeat: u16,
+    /// Most connections served at once; further clients wait until one closes.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Most channels per connection, offered in connection.tune.
+    #[arg(long, default_value_t = 2047, value_parser = clap::value_parser!(u16).range(1..))]
+    channel_max: u16,
+    /// Most consumers per channel (default: no limit).
+    #[arg(long)]
+    max_consumers_per_channel: Option<usize>,
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
@@ -62,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
     config.max_message_bytes = args.max_message_bytes;
     config.frame_max_bytes = args.frame_max.max(4096);
     config.heartbeat_secs = args.heartbeat;
+    config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    config.channel_max = args.channel_max;
+    config.max_consumers_per_channel = args.max_consumers_per_channel;
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;

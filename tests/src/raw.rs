@@ -429,6 +429,25 @@ impl RawClient {
         self.shutdown_and_expect_eof().await;
     }
 
+    /// Closes our half of the socket and reads every frame the server still sends until it
+    /// closes its half (heartbeats left out). Panics if a read waits longer than [`WAIT`]: the
+    /// server must notice the end of input.
+    pub async fn finish_and_read_all(&mut self) -> Vec<AMQPFrame> {
+        let _ = timeout(WAIT, self.stream.shutdown()).await;
+        let mut frames = Vec::new();
+        loop {
+            match self.read_within(WAIT).await {
+                Read::Eof => return frames,
+                Read::Frame(AMQPFrame::Heartbeat) => {}
+                Read::Frame(frame) => frames.push(frame),
+                Read::TimedOut => panic!(
+                    "the server neither answered nor closed within {WAIT:?} of our end of input; \
+                     frames so far: {frames:?}"
+                ),
+            }
+        }
+    }
+
     /// Closes our half of the socket, as the peer that received close-ok must, and requires
     /// the server to close its half. (RabbitMQ waits for the client to close the socket after
     /// sending close-ok: up to 30 s, or the heartbeat interval when shorter.)

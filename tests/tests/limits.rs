@@ -1,13 +1,18 @@
 //! Limits: `x-max-length` and `x-max-length-bytes` with `x-overflow` (`drop-head`, and
 //! `reject-publish`, which is what makes a publisher-confirm nack), and the broker's maximum
-//! message size.
+//! message size, and the broker-wide limits: connections, channels per connection and consumers
+//! per channel.
 
 mod common;
 
+use std::time::Duration;
+
+use amq_protocol::protocol::{AMQPClass, basic, connection, queue};
 use common::{drain, open, within};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
+use tests::raw::{self, RawClient, Read};
 use tests::{TestBroker, conformance, unique};
 
 async fn limited_queue(ch: &Channel, max: i32, overflow: &str) -> String {
@@ -229,4 +234,141 @@ async fn stream_queues_are_refused_clearly() {
         err.to_string().contains("stream queues are not supported"),
         "{err}"
     );
+}
+
+// --- Broker-wide limits, configured on the builder (bundled only: RabbitMQ's are node settings) ---
+
+/// A raw client's `basic.consume` of `queue` with tag `tag` on `channel`.
+fn raw_consume(queue: &str, tag: &str) -> AMQPClass {
+    AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+        queue: queue.into(),
+        consumer_tag: tag.into(),
+        no_local: false,
+        no_ack: true,
+        exclusive: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    }))
+}
+
+/// A raw client's `queue.declare` of an exclusive server-named queue; returns its name.
+async fn raw_exclusive_queue(c: &mut RawClient, channel: u16) -> String {
+    let declare = queue::Declare {
+        queue: "".into(),
+        passive: false,
+        durable: false,
+        exclusive: true,
+        auto_delete: true,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    c.send_method(
+        channel,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(declare)),
+    )
+    .await;
+    match c.recv_method().await {
+        (ch, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) if ch == channel => {
+            ok.queue.to_string()
+        }
+        other => panic!("expected queue.declare-ok, got {other:?}"),
+    }
+}
+
+/// `channel_max` is offered in `connection.tune`; opening one channel more than that closes the
+/// connection with RabbitMQ's 530 and text.
+#[tokio::test]
+async fn the_configured_channel_max_is_offered_and_enforced() {
+    let b = TestBroker::bundled_with(amqp_broker::Broker::builder().channel_max(3)).await;
+    let (mut c, tune) = RawClient::handshake(&b.addr()).await;
+    assert_eq!(tune.channel_max, 3);
+    for channel in 1..=3 {
+        c.open_channel(channel).await;
+    }
+    c.send_channel_open(4).await;
+    let reason = c.expect_connection_close().await;
+    assert_eq!(reason.ids(), (530, 0, 0), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "NOT_ALLOWED - number of channels opened (3) has reached the negotiated channel_max (3)"
+    );
+    raw::assert_serves(&b.addr()).await;
+}
+
+/// One `basic.consume` over `max_consumers_per_channel` closes the connection with 530 and
+/// RabbitMQ's text (its `consumer_max_per_channel`, 3.12+, which answers the same way); a
+/// cancelled consumer frees its slot, and other channels have their own allowance.
+#[tokio::test]
+async fn consumers_per_channel_are_bounded() {
+    let b =
+        TestBroker::bundled_with(amqp_broker::Broker::builder().max_consumers_per_channel(2)).await;
+    let (mut c, _) = RawClient::handshake(&b.addr()).await;
+    c.open_channel(1).await;
+    let q = raw_exclusive_queue(&mut c, 1).await;
+    for tag in ["a", "b"] {
+        c.send_method(1, raw_consume(&q, tag)).await;
+        assert!(
+            matches!(
+                c.recv_method().await,
+                (1, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+            ),
+            "consumer {tag} is accepted"
+        );
+    }
+    // A cancel frees a slot.
+    let cancel = basic::Cancel {
+        consumer_tag: "a".into(),
+        nowait: false,
+    };
+    c.send_method(1, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)))
+        .await;
+    assert!(matches!(
+        c.recv_method().await,
+        (1, AMQPClass::Basic(basic::AMQPMethod::CancelOk(_)))
+    ));
+    c.send_method(1, raw_consume(&q, "c")).await;
+    assert!(matches!(
+        c.recv_method().await,
+        (1, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+    ));
+    // Another channel counts its own consumers.
+    c.open_channel(2).await;
+    c.send_method(2, raw_consume(&q, "d")).await;
+    assert!(matches!(
+        c.recv_method().await,
+        (2, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+    ));
+    c.send_method(1, raw_consume(&q, "e")).await;
+    let reason = c.expect_connection_close().await;
+    assert_eq!(reason.ids(), (530, 60, 20), "{reason:?}");
+    assert_eq!(
+        reason.reply_text,
+        "NOT_ALLOWED - reached maximum (2) of consumers per channel"
+    );
+    raw::assert_serves(&b.addr()).await;
+}
+
+/// Past `max_connections` a client is not served until a connection closes: like RabbitMQ's
+/// `connection_max` (a limit on its acceptor), it gets no `connection.start` meanwhile, then is
+/// served normally.
+#[tokio::test]
+async fn connections_past_the_limit_wait_for_a_slot() {
+    let b = TestBroker::bundled_with(amqp_broker::Broker::builder().max_connections(1)).await;
+    let (mut first, _) = RawClient::handshake(&b.addr()).await;
+    let mut second = RawClient::connect(&b.addr()).await;
+    second.send_bytes(raw::PROTOCOL_HEADER).await;
+    assert!(
+        matches!(
+            second.read_within(Duration::from_millis(500)).await,
+            Read::TimedOut
+        ),
+        "no connection.start while the only slot is taken"
+    );
+    first.close().await;
+    match second.recv_method().await {
+        (0, AMQPClass::Connection(connection::AMQPMethod::Start(_))) => {}
+        other => panic!("expected connection.start once the slot freed, got {other:?}"),
+    }
+    drop(second);
+    raw::assert_serves(&b.addr()).await;
 }

@@ -13,6 +13,7 @@ use crate::connection;
 use crate::error::Error;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::store::io::FileStorage;
+use crate::store::lock::{DirLock, LockError};
 use crate::store::{Store, StoreOptions};
 use crate::vhost::Vhost;
 
@@ -100,12 +101,14 @@ impl BrokerBuilder {
                 };
                 let opened = tokio::task::spawn_blocking({
                     let dir = dir.clone();
-                    move || Store::open(Arc::new(FileStorage), &dir, options)
+                    move || open_store(&dir, options)
                 })
                 .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-                Some(opened.map_err(|source| Error::Store { dir, source })?)
+                .map_err(|e| Error::Store {
+                    dir: dir.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                Some(opened?)
             }
             None => None,
         };
@@ -136,6 +139,30 @@ impl BrokerBuilder {
             task: Some(task),
         })
     }
+}
+
+/// Locks the data directory (see [`crate::store::lock`]), then opens and recovers the store.
+/// Blocking.
+fn open_store(
+    dir: &std::path::Path,
+    options: StoreOptions,
+) -> Result<(Arc<Store>, crate::store::Recovered), Error> {
+    let store_error = |source| Error::Store {
+        dir: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(store_error)?;
+    let lock = DirLock::acquire(dir).map_err(|e| match e {
+        LockError::Locked(l) => Error::DataDirLocked {
+            dir: l.dir,
+            pid: l.pid,
+        },
+        LockError::Io(source) => store_error(source),
+    })?;
+    let (store, recovered) =
+        Store::open(Arc::new(FileStorage), dir, options).map_err(store_error)?;
+    store.hold_lock(lock);
+    Ok((store, recovered))
 }
 
 /// What the accept loop and every connection watch for.

@@ -32,6 +32,7 @@
 pub(crate) mod definitions;
 pub(crate) mod format;
 pub(crate) mod io;
+pub(crate) mod lock;
 mod recovery;
 mod segment;
 #[cfg(test)]
@@ -71,6 +72,8 @@ pub(crate) struct Store {
     definitions: Mutex<Vec<u8>>,
     next_queue_id: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The data directory's lock (see [`lock`]), released by [`Store::close`].
+    dir_lock: Mutex<Option<lock::DirLock>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -119,8 +122,14 @@ impl Store {
             definitions: Mutex::new(recovered.definitions.encode()),
             next_queue_id: AtomicU64::new(next_queue_id),
             writer: Mutex::new(Some(thread)),
+            dir_lock: Mutex::new(None),
         };
         Ok((Arc::new(store), recovered))
+    }
+
+    /// Keeps the data directory's lock until [`Store::close`].
+    pub fn hold_lock(&self, lock: lock::DirLock) {
+        *self.dir_lock.lock() = Some(lock);
     }
 
     /// Why the store refuses writes, if it does.
@@ -208,6 +217,8 @@ impl Store {
         self.send(Request::Close(done));
         let _ = wait.recv();
         let _ = thread.join();
+        // Everything is synced and nothing more is written: another broker may have the directory.
+        self.dir_lock.lock().take();
     }
 }
 

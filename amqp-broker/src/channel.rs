@@ -980,12 +980,13 @@ impl Channel {
         if let Some(delay) = io.vhost.delay_for(&p.exchange, headers) {
             // Held by the delayed exchange: routed when due (so never returned as unroutable,
             // as with the plugin).
-            io.vhost
-                .schedule_delayed(p.exchange.clone(), keys.to_vec(), msg, delay);
+            let scheduled =
+                io.vhost
+                    .schedule_delayed(p.exchange.clone(), keys.to_vec(), msg, delay);
             return Ok(Outcome {
-                accepted: true,
-                stored: false,
-                store_failed: false,
+                accepted: scheduled.is_ok(),
+                stored: scheduled == Ok(true),
+                store_failed: scheduled.is_err(),
             });
         }
         let mut outcome = Outcome {

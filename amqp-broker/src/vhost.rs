@@ -19,7 +19,7 @@ use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, routing_keys
 use crate::message::Message;
 use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
-use crate::store::{Definitions, QueueStore, Recovered, Store};
+use crate::store::{DELAYED_LOG, Definitions, QueueStore, Recovered, RecoveredQueue, Store};
 
 /// Exchanges every vhost has, as in RabbitMQ.
 const BUILT_IN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -48,6 +48,15 @@ const EQUIVALENCE_ARGS: &[&str] = &[
 
 /// The prefix of direct reply-to pseudo-queues.
 pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// What an `x-delayed-message` exchange does with a message.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Delay {
+    /// How long it waits.
+    pub delay: Duration,
+    /// Whether the exchange is durable (then a persistent message is stored while it waits).
+    pub durable: bool,
+}
 
 /// Exchange flags from `exchange.declare`.
 #[derive(Clone, Copy, Debug)]
@@ -129,6 +138,7 @@ impl Vhost {
         let Recovered {
             definitions,
             mut queues,
+            delayed,
             ..
         } = recovered;
         let mut topo = self.topology.write();
@@ -182,6 +192,38 @@ impl Vhost {
                     arguments: b.arguments,
                 });
             }
+        }
+        self.restore_delayed(&topo, store, delayed);
+    }
+
+    /// Puts back the persistent delayed messages whose exchange is still there; settles the
+    /// others (as if their exchange had been deleted while they waited: dropped).
+    fn restore_delayed(&self, topo: &Topology, store: &Store, mut delayed: RecoveredQueue) {
+        self.delayed.continue_after(delayed.next_seq);
+        for (m, _) in delayed.messages {
+            let seq = m.seq;
+            let is_delayed_exchange = topo
+                .exchanges
+                .get(&m.exchange)
+                .is_some_and(|x| x.kind == ExchangeKind::DelayedMessage);
+            let Some((due, keys)) = delayed.due.remove(&seq).filter(|_| is_delayed_exchange) else {
+                tracing::info!(exchange = %m.exchange, "delayed message dropped: its exchange is gone");
+                store.settled(DELAYED_LOG, seq);
+                continue;
+            };
+            let msg = Arc::new(Message {
+                exchange: m.exchange.clone(),
+                routing_key: m.routing_key,
+                properties: m.properties,
+                body: m.body,
+            });
+            let pending = Pending {
+                exchange: m.exchange,
+                keys,
+                msg,
+                stored: true,
+            };
+            self.delayed.restore(self.me.clone(), due, seq, pending);
         }
     }
 
@@ -344,40 +386,57 @@ impl Vhost {
 
     /// The delay a message published to `exchange` waits for: `Some` when it is an
     /// `x-delayed-message` exchange and the `x-delay` header asks for a positive delay.
-    pub fn delay_for(
-        &self,
-        exchange: &ShortString,
-        headers: Option<&FieldTable>,
-    ) -> Option<Duration> {
+    pub fn delay_for(&self, exchange: &ShortString, headers: Option<&FieldTable>) -> Option<Delay> {
         let topo = self.topology.read();
         let x = topo.exchanges.get(exchange)?;
         if x.kind != ExchangeKind::DelayedMessage {
             return None;
         }
-        delay_of(headers)
+        Some(Delay {
+            delay: delay_of(headers)?,
+            durable: x.durable,
+        })
     }
 
-    /// Holds a message for an `x-delayed-message` exchange.
+    /// Holds a message for an `x-delayed-message` exchange. A persistent message on a durable
+    /// exchange is logged in the store first: `Ok(true)` says so (its confirm waits for the
+    /// sync); `Err` carries why the store refuses writes.
     pub fn schedule_delayed(
         &self,
         exchange: ShortString,
         keys: Vec<String>,
         msg: Arc<Message>,
-        delay: Duration,
-    ) {
+        delay: Delay,
+    ) -> Result<bool, Arc<str>> {
+        let persistent = msg.properties.delivery_mode() == &Some(2);
+        let store = self
+            .store
+            .as_deref()
+            .filter(|_| delay.durable && persistent);
+        if let Some(reason) = store.and_then(Store::failure) {
+            return Err(reason);
+        }
         let pending = Pending {
             exchange,
             keys,
             msg,
+            stored: false,
         };
-        self.delayed.schedule(self.me.clone(), delay, pending);
+        self.delayed
+            .schedule(self.me.clone(), delay.delay, pending, store);
+        Ok(store.is_some())
     }
 
-    /// A delayed message is due: route it from its exchange (dropped if that is gone).
-    pub(crate) fn route_delayed(&self, p: Pending) {
+    /// A delayed message is due: route it from its exchange (dropped if that is gone), then
+    /// settle its record in the store.
+    pub(crate) fn route_delayed(&self, seq: u64, p: Pending) {
         let route = self.route_any(&p.exchange, &p.keys, p.msg.properties.headers().as_ref());
         for q in route.queues {
             q.publish(p.msg.clone());
+        }
+        if let Some(store) = self.store.as_ref().filter(|_| p.stored) {
+            // Written after the queue records above are synced (see the store's writer).
+            store.settled(DELAYED_LOG, seq);
         }
     }
 

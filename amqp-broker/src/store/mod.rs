@@ -8,6 +8,8 @@
 //!   queues/<queue id>/          one log per durable queue
 //!     00000000000000000001.seg  segments, oldest first (see `segment`)
 //!     00000000000000000002.seg
+//!   delayed/                    the log of persistent delayed messages (same segments)
+//!   lock                        held by the running broker (see `lock`); holds its pid
 //! ```
 //!
 //! Record framing and every record's bytes are documented in [`format`]; recovery rules in
@@ -21,6 +23,11 @@
 //! good. Records go through a channel to one writer thread, in the order the queue made them
 //! (they are sent under the queue's lock). A publisher confirm (or `tx.commit-ok`) for such a
 //! message waits for [`Store::after_sync`]; everything else is answered at once.
+//!
+//! A persistent message published to a durable `x-delayed-message` exchange is stored too, as a
+//! `T` record in the `delayed/` log (its confirm waits for the sync as well), and settled with
+//! `A` once it was routed when due. The writer syncs the queue logs before it writes the delayed
+//! log, so that `A` never reaches the disk before the queue records of the routing it settles.
 //!
 //! # Monotonic by design
 //!
@@ -48,10 +55,15 @@ use parking_lot::Mutex;
 
 pub(crate) use self::definitions::Definitions;
 use self::io::Storage;
-pub(crate) use self::recovery::Recovered;
+pub(crate) use self::recovery::{Recovered, RecoveredQueue};
 pub(crate) use self::writer::Waiter;
 use self::writer::{Request, Writer};
 use crate::message::Message;
+
+/// The writer's id for the delayed-message log (queue ids start at 1).
+pub(crate) const DELAYED_LOG: u64 = 0;
+/// The delayed-message log's directory in the data directory.
+pub(crate) const DELAYED_DIR: &str = "delayed";
 
 /// Settings of the store.
 #[derive(Clone, Copy, Debug)]
@@ -167,6 +179,17 @@ impl Store {
         let mut record = Vec::with_capacity(17);
         format::put_seq(&mut record, format::tag::SETTLED, seq);
         self.send(Request::Settled { queue, seq, record });
+    }
+
+    /// Appends a delayed message (due at `due_unix_ms`, routed by `keys`) to the delayed log.
+    pub fn delayed_message(&self, seq: u64, due_unix_ms: u64, keys: &[String], msg: &Message) {
+        let mut record = Vec::with_capacity(msg.body.len() + 96);
+        format::put_delayed(&mut record, due_unix_ms, keys, seq, msg);
+        self.send(Request::Message {
+            queue: DELAYED_LOG,
+            seq,
+            record,
+        });
     }
 
     /// Records that a message went to a consumer.

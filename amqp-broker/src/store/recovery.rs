@@ -17,6 +17,7 @@ use super::definitions::Definitions;
 use super::format::{self, MessageRecord, SEGMENT_MAGIC, Scanned, tag};
 use super::io::Storage;
 use super::segment::{QueueLog, SegmentInfo, parse_segment_name, segment_name};
+use super::{DELAYED_DIR, DELAYED_LOG};
 
 /// What one durable queue held.
 #[derive(Debug, Default)]
@@ -25,6 +26,8 @@ pub(crate) struct RecoveredQueue {
     pub messages: Vec<(MessageRecord, bool)>,
     /// Higher than every seq in the log (new messages must not reuse a seq an old record names).
     pub next_seq: u64,
+    /// For the delayed-message log: each message's due time (Unix ms) and routing keys, by seq.
+    pub due: HashMap<u64, (u64, Vec<String>)>,
 }
 
 /// Everything recovered from a data directory.
@@ -33,6 +36,8 @@ pub(crate) struct Recovered {
     pub definitions: Definitions,
     /// By queue id.
     pub queues: HashMap<u64, RecoveredQueue>,
+    /// Persistent messages waiting in durable `x-delayed-message` exchanges (see [`DELAYED_LOG`]).
+    pub delayed: RecoveredQueue,
     /// Damage found and skipped in the middle of segments: (queue, segment file, offset).
     pub corrupt: Vec<(String, String, usize)>,
 }
@@ -77,6 +82,11 @@ pub(crate) fn recover(
         logs.insert(id, QueueLog::new(qdir, segments, q.next_seq));
         recovered.queues.insert(id, q);
     }
+    let ddir = dir.join(DELAYED_DIR);
+    let (q, segments) =
+        recover_queue(storage, &ddir, "(delayed messages)", &mut recovered.corrupt)?;
+    logs.insert(DELAYED_LOG, QueueLog::new(ddir, segments, q.next_seq));
+    recovered.delayed = q;
     Ok((recovered, logs, next_id))
 }
 
@@ -95,6 +105,7 @@ fn recover_queue(
     let mut messages: BTreeMap<u64, (MessageRecord, usize)> = BTreeMap::new();
     let mut settled = BTreeSet::new();
     let mut delivered = BTreeSet::new();
+    let mut due = HashMap::new();
     let mut segments = Vec::new();
     let mut next_seq = 0u64;
     for id in ids {
@@ -129,6 +140,13 @@ fn recover_queue(
                             let seq = m.seq;
                             first.get_or_insert(seq);
                             messages.insert(seq, (m, segments.len()));
+                            seq
+                        }),
+                        tag::DELAYED => format::delayed(payload).map(|d| {
+                            let seq = d.message.seq;
+                            first.get_or_insert(seq);
+                            due.insert(seq, (d.due_unix_ms, d.keys));
+                            messages.insert(seq, (d.message, segments.len()));
                             seq
                         }),
                         tag::SETTLED => format::seq(payload).inspect(|&s| {
@@ -175,9 +193,11 @@ fn recover_queue(
         }
         segments.push(seg);
     }
+    due.retain(|seq, _| !settled.contains(seq));
     let mut q = RecoveredQueue {
         messages: Vec::new(),
         next_seq,
+        due,
     };
     for (seq, (m, seg)) in messages {
         if !settled.contains(&seq) {

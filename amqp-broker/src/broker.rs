@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, User};
 use crate::connection;
 use crate::error::Error;
+use crate::memory::MemoryMonitor;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::store::io::FileStorage;
 use crate::store::lock::{DirLock, LockError};
@@ -78,6 +79,14 @@ impl BrokerBuilder {
         self
     }
 
+    /// Flow control: the bytes of message bodies held in memory at which publishing connections
+    /// are blocked until consumers drain the queues (default: 40% of the machine's memory; 0
+    /// blocks every publisher).
+    pub fn memory_high_watermark_bytes(mut self, bytes: u64) -> Self {
+        self.config.memory_high_watermark_bytes = bytes;
+        self
+    }
+
     /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -112,13 +121,14 @@ impl BrokerBuilder {
             }
             None => None,
         };
+        let memory = MemoryMonitor::new(config.memory_high_watermark_bytes);
         let vhost = match store {
             Some((store, recovered)) => {
-                let vhost = Vhost::new("/", Some(store));
+                let vhost = Vhost::with_memory("/", Some(store), memory);
                 vhost.restore(recovered);
                 vhost
             }
-            None => Vhost::new("/", None),
+            None => Vhost::with_memory("/", None, memory),
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
         let registry = Arc::new(Registry::default());
@@ -230,6 +240,12 @@ impl Broker {
     pub fn close_connections_named(&self, name: &str) -> usize {
         self.registry
             .close_where(|c| c.name.as_deref() == Some(name))
+    }
+
+    /// Bytes of message bodies the broker holds now (queued, unacked, delayed or on their way
+    /// out): what flow control compares with the memory high-water mark.
+    pub fn memory_used_bytes(&self) -> u64 {
+        self.vhost.memory.used_bytes()
     }
 
     /// Number of queues in the default vhost (for tests and metrics).

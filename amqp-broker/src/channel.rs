@@ -880,7 +880,7 @@ impl Channel {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: without_bcc(properties),
-            body: body.freeze(),
+            body: io.vhost.memory.track(body.freeze()),
         });
         if let Some(tx) = &mut self.tx {
             // Check the exchange now, as RabbitMQ does; route at commit.

@@ -31,6 +31,7 @@ mod dead_letter;
 mod delayed;
 mod error;
 mod exchange;
+mod memory;
 mod message;
 mod queue;
 mod registry;

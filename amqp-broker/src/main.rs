@@ -33,6 +33,10 @@ struct Args {
     /// Heartbeat interval proposed to clients, in seconds (0: none).
     #[arg(long, default_value_t = 60)]
     heartbeat: u16,
+    /// Flow control: bytes of message bodies held in memory at which publishing connections are
+    /// blocked until consumers drain the queues (default: 40% of the machine's memory).
+    #[arg(long, value_name = "BYTES")]
+    memory_high_watermark_bytes: Option<u64>,
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
@@ -62,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
     config.max_message_bytes = args.max_message_bytes;
     config.frame_max_bytes = args.frame_max.max(4096);
     config.heartbeat_secs = args.heartbeat;
+    if let Some(bytes) = args.memory_high_watermark_bytes {
+        config.memory_high_watermark_bytes = bytes;
+    }
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;

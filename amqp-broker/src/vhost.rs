@@ -16,6 +16,7 @@ use crate::dead_letter::{Reason, dead_lettered, is_cycle};
 use crate::delayed::{Delayed, Pending, delay_of};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, routing_keys};
+use crate::memory::MemoryMonitor;
 use crate::message::Message;
 use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
@@ -86,6 +87,8 @@ pub(crate) struct Vhost {
     store: Option<Arc<Store>>,
     /// Messages held by `x-delayed-message` exchanges.
     pub(crate) delayed: Delayed,
+    /// Counts the bodies of messages held (flow control); every accepted body goes through it.
+    pub(crate) memory: Arc<MemoryMonitor>,
     /// This vhost, for the queues' and the delay timer's tasks (which must not keep it alive).
     me: Weak<Vhost>,
 }
@@ -104,7 +107,18 @@ pub(crate) struct Route {
 }
 
 impl Vhost {
+    /// A vhost without flow control (its memory alarm never goes on).
+    #[cfg(test)]
     pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
+        Self::with_memory(name, store, MemoryMonitor::new(u64::MAX))
+    }
+
+    /// A vhost whose accepted message bodies `memory` counts.
+    pub fn with_memory(
+        name: &str,
+        store: Option<Arc<Store>>,
+        memory: Arc<MemoryMonitor>,
+    ) -> Arc<Self> {
         let mut topology = Topology::default();
         for (name, kind) in BUILT_IN_EXCHANGES {
             let x = Exchange::new(
@@ -123,6 +137,7 @@ impl Vhost {
             reply_to: Mutex::new(HashMap::new()),
             store,
             delayed: Delayed::default(),
+            memory,
             me: me.clone(),
         })
     }
@@ -179,7 +194,10 @@ impl Vhost {
                 Some(link),
                 self.me.clone(),
             );
-            if let Some(r) = queues.remove(&q.id) {
+            if let Some(mut r) = queues.remove(&q.id) {
+                for (m, _) in &mut r.messages {
+                    m.body = self.memory.track(std::mem::take(&mut m.body));
+                }
                 queue.restore(r.messages, r.next_seq);
             }
             topo.queues.insert(q.name, queue);
@@ -215,7 +233,7 @@ impl Vhost {
                 exchange: m.exchange.clone(),
                 routing_key: m.routing_key,
                 properties: m.properties,
-                body: m.body,
+                body: self.memory.track(m.body),
             });
             let pending = Pending {
                 exchange: m.exchange,

@@ -980,9 +980,7 @@ impl Channel {
         if let Some(delay) = io.vhost.delay_for(&p.exchange, headers) {
             // Held by the delayed exchange: routed when due (so never returned as unroutable,
             // as with the plugin).
-            let scheduled =
-                io.vhost
-                    .schedule_delayed(p.exchange.clone(), keys.to_vec(), msg, delay);
+            let scheduled = io.vhost.schedule_delayed(keys, &msg, delay);
             return Ok(Outcome {
                 accepted: scheduled.is_ok(),
                 stored: scheduled == Ok(true),

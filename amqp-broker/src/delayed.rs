@@ -2,6 +2,10 @@
 //! released by one timer task, which sleeps until the earliest is due (no task per message and
 //! no scan per tick, so a million waiting messages cost a map entry each).
 //!
+//! A waiting message is held encoded, as the `T` payload the store writes (see
+//! [`format::delayed_payload`]): its body and a few dozen bytes, where the decoded message with
+//! its property table would take about a kilobyte. It is decoded when due.
+//!
 //! Due times are wall-clock milliseconds since the Unix epoch, because persistent delayed
 //! messages (on a durable exchange, with a store) are kept in the store's delayed log and must
 //! come due at the same moment after a restart; messages already overdue then go at once, in
@@ -12,12 +16,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::message::Message;
 use crate::store::Store;
+use crate::store::format;
 use crate::vhost::Vhost;
 
 /// The longest the timer sleeps in one go: it looks again at least this often, so that a
@@ -27,11 +32,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// A message waiting for its delay.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    /// The delayed exchange it was published to (it routes from there when due).
-    pub exchange: ShortString,
-    /// Its routing keys (its own, `CC`, `BCC`).
-    pub keys: Vec<String>,
-    pub msg: Arc<Message>,
+    /// The message, its delayed exchange (it routes from there when due) and its routing keys
+    /// (its own, `CC`, `BCC`), as a `T` payload.
+    pub payload: Box<[u8]>,
     /// Whether it has a record in the store's delayed log (settled once it is routed).
     pub stored: bool,
 }
@@ -78,28 +81,40 @@ pub(crate) fn unix_ms_now() -> u64 {
 }
 
 impl Delayed {
-    /// Holds `pending` until `delay` has passed; then the vhost routes it. With `store`, the
-    /// message is logged first (its confirm then waits for [`Store::after_sync`]).
+    /// Holds `msg` (routed by `keys`) until `delay` has passed; then the vhost routes it. With
+    /// `store`, the message is logged first (its confirm then waits for [`Store::after_sync`]).
+    /// Returns the bytes now held, for the memory monitor.
     pub fn schedule(
         &self,
         vhost: Weak<Vhost>,
         delay: Duration,
-        mut pending: Pending,
+        keys: &[String],
+        msg: &Message,
         store: Option<&Store>,
-    ) {
+    ) -> usize {
         let due = unix_ms_now().saturating_add(delay.as_millis() as u64);
         let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
+        let payload = format::delayed_payload(due, keys, seq, msg);
         if let Some(store) = store {
-            store.delayed_message(seq, due, &pending.keys, &pending.msg);
-            pending.stored = true;
+            store.delayed_message(seq, &payload);
         }
+        let pending = Pending {
+            payload: payload.into_boxed_slice(),
+            stored: store.is_some(),
+        };
+        let held = pending.payload.len();
         self.insert_locked(&mut st, vhost, due, seq, pending);
+        held
     }
 
     /// Puts back a message recovered from the store's delayed log (overdue ones go at once).
-    pub fn restore(&self, vhost: Weak<Vhost>, due_unix_ms: u64, seq: u64, pending: Pending) {
+    pub fn restore(&self, vhost: Weak<Vhost>, due_unix_ms: u64, seq: u64, payload: Box<[u8]>) {
+        let pending = Pending {
+            payload,
+            stored: true,
+        };
         let mut st = self.state.lock();
         st.next_seq = st.next_seq.max(seq + 1);
         self.insert_locked(&mut st, vhost, due_unix_ms, seq, pending);

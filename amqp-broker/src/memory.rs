@@ -92,18 +92,24 @@ impl MemoryMonitor {
         if body.is_empty() {
             return body;
         }
-        let len = body.len() as u64;
-        let used = self.used_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        if used >= self.high_watermark_bytes && !self.alarmed.load(Ordering::Acquire) {
-            self.reevaluate();
-        }
+        self.hold(body.len() as u64);
         Bytes::from_owner(Counted {
             body,
             monitor: self.clone(),
         })
     }
 
-    fn release(&self, len: u64) {
+    /// Counts `len` bytes held in another form (a delayed message, kept encoded), until
+    /// [`MemoryMonitor::release`].
+    pub fn hold(&self, len: u64) {
+        let used = self.used_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if used >= self.high_watermark_bytes && !self.alarmed.load(Ordering::Acquire) {
+            self.reevaluate();
+        }
+    }
+
+    /// Stops counting `len` bytes.
+    pub fn release(&self, len: u64) {
         let used = self.used_bytes.fetch_sub(len, Ordering::AcqRel) - len;
         if used < self.resume_bytes && self.alarmed.load(Ordering::Acquire) {
             self.reevaluate();

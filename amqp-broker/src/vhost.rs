@@ -20,7 +20,9 @@ use crate::memory::MemoryMonitor;
 use crate::message::Message;
 use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
-use crate::store::{DELAYED_LOG, Definitions, QueueStore, Recovered, RecoveredQueue, Store};
+use crate::store::{
+    DELAYED_LOG, Definitions, QueueStore, Recovered, RecoveredQueue, Store, format,
+};
 
 /// Exchanges every vhost has, as in RabbitMQ.
 const BUILT_IN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -211,37 +213,17 @@ impl Vhost {
                 });
             }
         }
-        self.restore_delayed(&topo, store, delayed);
+        drop(topo);
+        self.restore_delayed(delayed);
     }
 
-    /// Puts back the persistent delayed messages whose exchange is still there; settles the
-    /// others (as if their exchange had been deleted while they waited: dropped).
-    fn restore_delayed(&self, topo: &Topology, store: &Store, mut delayed: RecoveredQueue) {
+    /// Puts back the persistent delayed messages: they go when due, from their exchange (if it
+    /// is gone by then, they are dropped, as when it is deleted while they wait).
+    fn restore_delayed(&self, delayed: RecoveredQueue) {
         self.delayed.continue_after(delayed.next_seq);
-        for (m, _) in delayed.messages {
-            let seq = m.seq;
-            let is_delayed_exchange = topo
-                .exchanges
-                .get(&m.exchange)
-                .is_some_and(|x| x.kind == ExchangeKind::DelayedMessage);
-            let Some((due, keys)) = delayed.due.remove(&seq).filter(|_| is_delayed_exchange) else {
-                tracing::info!(exchange = %m.exchange, "delayed message dropped: its exchange is gone");
-                store.settled(DELAYED_LOG, seq);
-                continue;
-            };
-            let msg = Arc::new(Message {
-                exchange: m.exchange.clone(),
-                routing_key: m.routing_key,
-                properties: m.properties,
-                body: self.memory.track(m.body),
-            });
-            let pending = Pending {
-                exchange: m.exchange,
-                keys,
-                msg,
-                stored: true,
-            };
-            self.delayed.restore(self.me.clone(), due, seq, pending);
+        for (due, seq, payload) in delayed.timed {
+            self.memory.hold(payload.len() as u64);
+            self.delayed.restore(self.me.clone(), due, seq, payload);
         }
     }
 
@@ -421,9 +403,8 @@ impl Vhost {
     /// sync); `Err` carries why the store refuses writes.
     pub fn schedule_delayed(
         &self,
-        exchange: ShortString,
-        keys: Vec<String>,
-        msg: Arc<Message>,
+        keys: &[String],
+        msg: &Message,
         delay: Delay,
     ) -> Result<bool, Arc<str>> {
         let persistent = msg.properties.delivery_mode() == &Some(2);
@@ -434,23 +415,36 @@ impl Vhost {
         if let Some(reason) = store.and_then(Store::failure) {
             return Err(reason);
         }
-        let pending = Pending {
-            exchange,
-            keys,
-            msg,
-            stored: false,
-        };
-        self.delayed
-            .schedule(self.me.clone(), delay.delay, pending, store);
+        let held = self
+            .delayed
+            .schedule(self.me.clone(), delay.delay, keys, msg, store);
+        self.memory.hold(held as u64);
         Ok(store.is_some())
     }
 
     /// A delayed message is due: route it from its exchange (dropped if that is gone), then
     /// settle its record in the store.
     pub(crate) fn route_delayed(&self, seq: u64, p: Pending) {
-        let route = self.route_any(&p.exchange, &p.keys, p.msg.properties.headers().as_ref());
-        for q in route.queues {
-            q.publish(p.msg.clone());
+        self.memory.release(p.payload.len() as u64);
+        match format::delayed(&p.payload) {
+            Ok(d) => {
+                let m = d.message;
+                let msg = Arc::new(Message {
+                    exchange: m.exchange,
+                    routing_key: m.routing_key,
+                    properties: m.properties,
+                    body: self.memory.track(m.body),
+                });
+                let headers = msg.properties.headers().as_ref();
+                let route = self.route_any(&msg.exchange, &d.keys, headers);
+                for q in route.queues {
+                    q.publish(msg.clone());
+                }
+            }
+            // Encoded by this process or checked by recovery: only a bug gets here.
+            Err(format::Malformed(what)) => {
+                tracing::error!(seq, "delayed message cannot be decoded ({what}); dropped");
+            }
         }
         if let Some(store) = self.store.as_ref().filter(|_| p.stored) {
             // Written after the queue records above are synced (see the store's writer).

@@ -287,30 +287,42 @@ pub(crate) struct DelayedRecord {
     pub message: MessageRecord,
 }
 
-/// Appends a `T` record: `msg` as in `M`, published to the delayed exchange `msg.exchange`.
-pub(crate) fn put_delayed(
-    out: &mut Vec<u8>,
+/// A `T` payload (unframed): `msg` as in `M`, published to the delayed exchange `msg.exchange`.
+/// The delay timer holds delayed messages in this form (a few dozen bytes beside the body,
+/// where the decoded message would take a kilobyte), and the store frames it as it is.
+pub(crate) fn delayed_payload(
     due_unix_ms: u64,
     keys: &[String],
     seq: u64,
     msg: &crate::message::Message,
-) {
-    frame(out, tag::DELAYED, |buf| {
-        buf.extend_from_slice(&due_unix_ms.to_le_bytes());
-        let keys = &keys[..keys.len().min(usize::from(u16::MAX))];
-        buf.extend_from_slice(&(keys.len() as u16).to_le_bytes());
-        for k in keys {
-            put_str8(buf, k);
-        }
-        put_message_payload(
-            buf,
-            seq,
-            msg.exchange.as_str(),
-            msg.routing_key.as_str(),
-            &msg.properties,
-            &msg.body,
-        );
-    });
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(msg.body.len() + 64);
+    buf.extend_from_slice(&due_unix_ms.to_le_bytes());
+    let keys = &keys[..keys.len().min(usize::from(u16::MAX))];
+    buf.extend_from_slice(&(keys.len() as u16).to_le_bytes());
+    for k in keys {
+        put_str8(&mut buf, k);
+    }
+    put_message_payload(
+        &mut buf,
+        seq,
+        msg.exchange.as_str(),
+        msg.routing_key.as_str(),
+        &msg.properties,
+        &msg.body,
+    );
+    buf
+}
+
+/// A `T` payload's due time and seq, without decoding the message.
+pub(crate) fn delayed_key(payload: &[u8]) -> Result<(u64, u64), Malformed> {
+    let mut r = Reader::new(payload);
+    let due_unix_ms = r.u64("delayed due time")?;
+    for _ in 0..r.u16("delayed key count")? {
+        let len = r.u8("delayed routing key")?;
+        r.take(usize::from(len), "delayed routing key")?;
+    }
+    Ok((due_unix_ms, r.u64("message seq")?))
 }
 
 /// Decodes a `T` payload.
@@ -399,7 +411,9 @@ mod tests {
             properties: props.clone(),
             body: Bytes::from_static(b"later"),
         };
-        put_delayed(&mut out, 1_700_000_000_123, &keys, 9, &msg);
+        let payload = delayed_payload(1_700_000_000_123, &keys, 9, &msg);
+        assert_eq!(delayed_key(&payload).unwrap(), (1_700_000_000_123, 9));
+        frame(&mut out, tag::DELAYED, |b| b.extend_from_slice(&payload));
         assert_eq!(out[0], b'T');
         let found = scan(&out, 0);
         let [Scanned::Record { tag, payload, .. }] = found.as_slice() else {

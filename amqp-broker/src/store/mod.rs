@@ -181,10 +181,13 @@ impl Store {
         self.send(Request::Settled { queue, seq, record });
     }
 
-    /// Appends a delayed message (due at `due_unix_ms`, routed by `keys`) to the delayed log.
-    pub fn delayed_message(&self, seq: u64, due_unix_ms: u64, keys: &[String], msg: &Message) {
-        let mut record = Vec::with_capacity(msg.body.len() + 96);
-        format::put_delayed(&mut record, due_unix_ms, keys, seq, msg);
+    /// Appends a delayed message (a `T` payload, see [`format::delayed_payload`]) to the
+    /// delayed log.
+    pub fn delayed_message(&self, seq: u64, payload: &[u8]) {
+        let mut record = Vec::with_capacity(payload.len() + format::FRAME_OVERHEAD_BYTES);
+        format::frame(&mut record, format::tag::DELAYED, |b| {
+            b.extend_from_slice(payload)
+        });
         self.send(Request::Message {
             queue: DELAYED_LOG,
             seq,

@@ -26,8 +26,9 @@ pub(crate) struct RecoveredQueue {
     pub messages: Vec<(MessageRecord, bool)>,
     /// Higher than every seq in the log (new messages must not reuse a seq an old record names).
     pub next_seq: u64,
-    /// For the delayed-message log: each message's due time (Unix ms) and routing keys, by seq.
-    pub due: HashMap<u64, (u64, Vec<String>)>,
+    /// For the delayed-message log: unsettled messages as (due time in Unix ms, seq, `T`
+    /// payload), kept encoded (see [`format::delayed_payload`]).
+    pub timed: Vec<(u64, u64, Box<[u8]>)>,
 }
 
 /// Everything recovered from a data directory.
@@ -105,7 +106,7 @@ fn recover_queue(
     let mut messages: BTreeMap<u64, (MessageRecord, usize)> = BTreeMap::new();
     let mut settled = BTreeSet::new();
     let mut delivered = BTreeSet::new();
-    let mut due = HashMap::new();
+    let mut timed: BTreeMap<u64, (u64, Box<[u8]>, usize)> = BTreeMap::new();
     let mut segments = Vec::new();
     let mut next_seq = 0u64;
     for id in ids {
@@ -142,11 +143,9 @@ fn recover_queue(
                             messages.insert(seq, (m, segments.len()));
                             seq
                         }),
-                        tag::DELAYED => format::delayed(payload).map(|d| {
-                            let seq = d.message.seq;
+                        tag::DELAYED => format::delayed_key(payload).map(|(due, seq)| {
                             first.get_or_insert(seq);
-                            due.insert(seq, (d.due_unix_ms, d.keys));
-                            messages.insert(seq, (d.message, segments.len()));
+                            timed.insert(seq, (due, payload.into(), segments.len()));
                             seq
                         }),
                         tag::SETTLED => format::seq(payload).inspect(|&s| {
@@ -193,12 +192,17 @@ fn recover_queue(
         }
         segments.push(seg);
     }
-    due.retain(|seq, _| !settled.contains(seq));
     let mut q = RecoveredQueue {
         messages: Vec::new(),
         next_seq,
-        due,
+        timed: Vec::new(),
     };
+    for (seq, (due, payload, seg)) in timed {
+        if !settled.contains(&seq) {
+            segments[seg].live += 1;
+            q.timed.push((due, seq, payload));
+        }
+    }
     for (seq, (m, seg)) in messages {
         if !settled.contains(&seq) {
             segments[seg].live += 1;

@@ -37,6 +37,8 @@
 //! to this without changing what is already on disk.
 
 pub(crate) mod definitions;
+#[cfg(test)]
+mod delayed_tests;
 pub(crate) mod format;
 pub(crate) mod io;
 pub(crate) mod lock;

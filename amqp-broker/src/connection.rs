@@ -572,7 +572,11 @@ impl Conn {
     /// Whether reading is paused for flow control now; tells the client when that changes (if
     /// it asked to be told).
     fn flow_control(&mut self) -> bool {
-        let blocked = self.publisher && self.closing.is_none() && *self.alarm.borrow();
+        if self.closing.is_some() {
+            // Only close-ok matters now: read it, and send nothing more.
+            return false;
+        }
+        let blocked = self.publisher && *self.alarm.borrow();
         if blocked != self.blocked_sent && self.tuned.blocked_notify {
             let method = if blocked {
                 connection::AMQPMethod::Blocked(connection::Blocked {

@@ -11,8 +11,10 @@ use tokio::task::JoinSet;
 use crate::config::{Config, User};
 use crate::connection;
 use crate::error::Error;
+use crate::memory::MemoryMonitor;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::store::io::FileStorage;
+use crate::store::lock::{DirLock, LockError};
 use crate::store::{Store, StoreOptions};
 use crate::vhost::Vhost;
 
@@ -98,6 +100,14 @@ impl BrokerBuilder {
         self
     }
 
+    /// Flow control: the bytes of message bodies held in memory at which publishing connections
+    /// are blocked until consumers drain the queues (default: 40% of the machine's memory; 0
+    /// blocks every publisher).
+    pub fn memory_high_watermark_bytes(mut self, bytes: u64) -> Self {
+        self.config.memory_high_watermark_bytes = bytes;
+        self
+    }
+
     /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -121,22 +131,25 @@ impl BrokerBuilder {
                 };
                 let opened = tokio::task::spawn_blocking({
                     let dir = dir.clone();
-                    move || Store::open(Arc::new(FileStorage), &dir, options)
+                    move || open_store(&dir, options)
                 })
                 .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-                Some(opened.map_err(|source| Error::Store { dir, source })?)
+                .map_err(|e| Error::Store {
+                    dir: dir.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                Some(opened?)
             }
             None => None,
         };
+        let memory = MemoryMonitor::new(config.memory_high_watermark_bytes);
         let vhost = match store {
             Some((store, recovered)) => {
-                let vhost = Vhost::new("/", Some(store));
+                let vhost = Vhost::with_memory("/", Some(store), memory);
                 vhost.restore(recovered);
                 vhost
             }
-            None => Vhost::new("/", None),
+            None => Vhost::with_memory("/", None, memory),
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
         let registry = Arc::new(Registry::default());
@@ -157,6 +170,30 @@ impl BrokerBuilder {
             task: Some(task),
         })
     }
+}
+
+/// Locks the data directory (see [`crate::store::lock`]), then opens and recovers the store.
+/// Blocking.
+fn open_store(
+    dir: &std::path::Path,
+    options: StoreOptions,
+) -> Result<(Arc<Store>, crate::store::Recovered), Error> {
+    let store_error = |source| Error::Store {
+        dir: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(store_error)?;
+    let lock = DirLock::acquire(dir).map_err(|e| match e {
+        LockError::Locked(l) => Error::DataDirLocked {
+            dir: l.dir,
+            pid: l.pid,
+        },
+        LockError::Io(source) => store_error(source),
+    })?;
+    let (store, recovered) =
+        Store::open(Arc::new(FileStorage), dir, options).map_err(store_error)?;
+    store.hold_lock(lock);
+    Ok((store, recovered))
 }
 
 /// What the accept loop and every connection watch for.
@@ -224,6 +261,12 @@ impl Broker {
     pub fn close_connections_named(&self, name: &str) -> usize {
         self.registry
             .close_where(|c| c.name.as_deref() == Some(name))
+    }
+
+    /// Bytes of message bodies the broker holds now (queued, unacked, delayed or on their way
+    /// out): what flow control compares with the memory high-water mark.
+    pub fn memory_used_bytes(&self) -> u64 {
+        self.vhost.memory.used_bytes()
     }
 
     /// Number of queues in the default vhost (for tests and metrics).

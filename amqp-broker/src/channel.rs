@@ -887,7 +887,7 @@ impl Channel {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: without_bcc(properties),
-            body: body.freeze(),
+            body: io.vhost.memory.track(body.freeze()),
         });
         if let Some(tx) = &mut self.tx {
             // Check the exchange now, as RabbitMQ does; route at commit.
@@ -987,12 +987,11 @@ impl Channel {
         if let Some(delay) = io.vhost.delay_for(&p.exchange, headers) {
             // Held by the delayed exchange: routed when due (so never returned as unroutable,
             // as with the plugin).
-            io.vhost
-                .schedule_delayed(p.exchange.clone(), keys.to_vec(), msg, delay);
+            let scheduled = io.vhost.schedule_delayed(keys, &msg, delay);
             return Ok(Outcome {
-                accepted: true,
-                stored: false,
-                store_failed: false,
+                accepted: scheduled.is_ok(),
+                stored: scheduled == Ok(true),
+                store_failed: scheduled.is_err(),
             });
         }
         let mut outcome = Outcome {

@@ -52,6 +52,10 @@ pub struct Config {
     /// Size at which a queue's log segment is closed and a new one started (settled segments
     /// are deleted whole).
     pub segment_bytes: u64,
+    /// Flow control: once the message bodies the broker holds reach this many bytes, connections
+    /// that publish are blocked (no longer read; `connection.blocked` sent to clients that ask
+    /// for it) until consumers bring it below 90% of it. Default: 40% of the machine's memory.
+    pub memory_high_watermark_bytes: u64,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             max_consumers_per_channel: None,
             data_dir: None,
             segment_bytes: 16 * 1024 * 1024,
+            memory_high_watermark_bytes: crate::memory::default_high_watermark_bytes(),
         }
     }
 }

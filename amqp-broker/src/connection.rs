@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use amq_protocol::protocol::{AMQPClass, channel, connection};
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +26,7 @@ use crate::codec::{self, Frame, FrameWriter, PROTOCOL_HEADER, short};
 use crate::config::Config;
 use crate::error::AmqpError;
 use crate::id_hash::ChannelMap;
+use crate::memory::BLOCKED_REASON;
 use crate::queue::{ConnId, Outbound, Outbox};
 use crate::registry::{ConnectionInfo, Registry};
 use crate::vhost::Vhost;
@@ -78,8 +79,12 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
             };
             let registration = ctx.registry.register(info);
             let (outbox, inbox) = mpsc::unbounded_channel();
+            let alarm = ctx.vhost.memory.subscribe();
             let mut conn = Conn {
                 id,
+                alarm,
+                publisher: false,
+                blocked_sent: false,
                 ctx,
                 tuned,
                 out,
@@ -176,6 +181,8 @@ struct Tuned {
     heartbeat_secs: u16,
     /// The client wants `basic.cancel` when a queue it consumes from is deleted.
     cancel_notify: bool,
+    /// The client wants `connection.blocked` / `unblocked` (flow control).
+    blocked_notify: bool,
     /// The user who logged in (a published `user_id` must match it).
     user: String,
     /// The client's `connection_name`, if it gave one.
@@ -277,6 +284,7 @@ async fn handshake(
         channel_max: tune_ok.channel_max,
         heartbeat_secs: tune_ok.heartbeat,
         cancel_notify: caps.contains("consumer_cancel_notify"),
+        blocked_notify: caps.contains("connection.blocked"),
         user,
         name: match start_ok.client_properties.inner().get("connection_name") {
             Some(AMQPValue::LongString(s)) => {
@@ -366,6 +374,7 @@ fn server_properties() -> FieldTable {
         "per_consumer_qos",
         "authentication_failure_close",
         "direct_reply_to",
+        "connection.blocked",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
@@ -434,6 +443,14 @@ struct Conn {
     /// Set once the broker sent `connection.close`: the deadline for the client's `close-ok`.
     closing: Option<Instant>,
     write_tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// The memory alarm (see [`crate::memory`]): while it is on, a publishing connection is
+    /// not read.
+    alarm: watch::Receiver<bool>,
+    /// Whether the client ever published: only publishers are blocked, so that consumers can
+    /// go on acking and draining the queues.
+    publisher: bool,
+    /// `connection.blocked` was sent and `unblocked` is owed.
+    blocked_sent: bool,
 }
 
 /// Whether the connection goes on after a frame.
@@ -478,12 +495,16 @@ impl Conn {
             return;
         }
         loop {
+            let blocked = self.flow_control();
             flush(&mut self.out, &self.write_tx);
             let deadline = self
                 .closing
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             tokio::select! {
-                read = reader.rd.read_buf(&mut reader.buf) => {
+                // While blocked the socket is not read, as RabbitMQ does: the client's writes
+                // back up in TCP, and a client that ignores `connection.blocked` (or never asked
+                // for it) is held back all the same.
+                read = reader.rd.read_buf(&mut reader.buf), if !blocked => {
                     match read {
                         Ok(0) | Err(_) => return,
                         Ok(_) => last_read = Instant::now(),
@@ -523,7 +544,14 @@ impl Conn {
                         }
                     }
                 }
+                // The alarm changed: the next turn of the loop blocks or resumes. (Its sender
+                // lives as long as the vhost, which this connection holds.)
+                _ = self.alarm.changed() => {}
                 _ = ticker.tick(), if !heartbeat.is_zero() => {
+                    if blocked {
+                        // Not reading is our doing: the client's heartbeats wait in the socket.
+                        last_read = Instant::now();
+                    }
                     if last_read.elapsed() > heartbeat * 2 {
                         tracing::info!(conn = self.id, "missed heartbeats from client, timeout: {}s", heartbeat.as_secs());
                         return;
@@ -545,6 +573,28 @@ impl Conn {
                 _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => return,
             }
         }
+    }
+
+    /// Whether reading is paused for flow control now; tells the client when that changes (if
+    /// it asked to be told).
+    fn flow_control(&mut self) -> bool {
+        if self.closing.is_some() {
+            // Only close-ok matters now: read it, and send nothing more.
+            return false;
+        }
+        let blocked = self.publisher && *self.alarm.borrow();
+        if blocked != self.blocked_sent && self.tuned.blocked_notify {
+            let method = if blocked {
+                connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: BLOCKED_REASON.into(),
+                })
+            } else {
+                connection::AMQPMethod::Unblocked(connection::Unblocked {})
+            };
+            self.out.method(0, &AMQPClass::Connection(method));
+            self.blocked_sent = blocked;
+        }
+        blocked
     }
 
     /// Sends `connection.close` and stops serving anything but `close-ok`.
@@ -604,7 +654,12 @@ impl Conn {
                 "type 8, a heartbeat on a non-zero channel",
             )),
             Frame::Method(0, method) => self.connection_method(method),
-            Frame::Method(id, method) => self.channel_frame(id, ChannelFrame::Method(method)),
+            Frame::Method(id, method) => {
+                if let AMQPClass::Basic(basic::AMQPMethod::Publish(_)) = method {
+                    self.publisher = true;
+                }
+                self.channel_frame(id, ChannelFrame::Method(method))
+            }
             Frame::Header { channel: 0, .. } | Frame::Body(0, _) => {
                 Err(AmqpError::unexpected_frame("content frame on channel 0"))
             }

@@ -21,6 +21,20 @@ pub enum Error {
         /// What failed.
         source: io::Error,
     },
+    /// Another process (or another broker in this one) uses the data directory: two brokers
+    /// appending to the same logs would corrupt them.
+    #[error(
+        "the data directory {} is in use by another broker{}; only one broker may use a data \
+         directory at a time",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    DataDirLocked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The process holding it, when it could be read from the lock file.
+        pid: Option<u32>,
+    },
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -15,7 +15,13 @@
 //! With `.data_dir(dir)` (the binary's `--data-dir DIR`) durable exchanges, queues and bindings
 //! and persistent messages in durable queues are kept on disk and recovered at the next start
 //! on the same directory; a publisher confirm (or `tx.commit-ok`) for such a message is sent only
-//! after it is synced. Without it everything lives in memory only.
+//! after it is synced. Without it everything lives in memory only. Persistent messages waiting in
+//! a durable `x-delayed-message` exchange are stored the same way. Only one broker at a time may
+//! use a data directory ([`Error::DataDirLocked`] names the process holding it).
+//!
+//! Flow control: once the message bodies the broker holds reach
+//! [`BrokerBuilder::memory_high_watermark_bytes`], connections that publish are blocked
+//! (`connection.blocked`, and their socket is not read) until consumers drain the queues.
 //!
 //! Data flows one way: socket → frame codec → connection task → channel state → exchange routing →
 //! queue → consumer delivery → socket. See `DESIGN.md` in the repository for the whole picture.
@@ -35,6 +41,7 @@ mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod id_hash;
+mod memory;
 mod message;
 mod queue;
 mod registry;

@@ -42,6 +42,10 @@ struct Args {
     /// Most consumers per channel (default: no limit).
     #[arg(long)]
     max_consumers_per_channel: Option<usize>,
+    /// Flow control: bytes of message bodies held in memory at which publishing connections are
+    /// blocked until consumers drain the queues (default: 40% of the machine's memory).
+    #[arg(long, value_name = "BYTES")]
+    memory_high_watermark_bytes: Option<u64>,
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
@@ -74,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     config.channel_max = args.channel_max;
     config.max_consumers_per_channel = args.max_consumers_per_channel;
+    if let Some(bytes) = args.memory_high_watermark_bytes {
+        config.memory_high_watermark_bytes = bytes;
+    }
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;

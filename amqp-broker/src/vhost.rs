@@ -16,10 +16,13 @@ use crate::dead_letter::{Reason, dead_lettered, is_cycle};
 use crate::delayed::{Delayed, Pending, delay_of};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, routing_keys};
+use crate::memory::MemoryMonitor;
 use crate::message::Message;
 use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
-use crate::store::{Definitions, QueueStore, Recovered, Store};
+use crate::store::{
+    DELAYED_LOG, Definitions, QueueStore, Recovered, RecoveredQueue, Store, format,
+};
 
 /// Exchanges every vhost has, as in RabbitMQ.
 const BUILT_IN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -49,6 +52,15 @@ const EQUIVALENCE_ARGS: &[&str] = &[
 /// The prefix of direct reply-to pseudo-queues.
 pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// What an `x-delayed-message` exchange does with a message.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Delay {
+    /// How long it waits.
+    pub delay: Duration,
+    /// Whether the exchange is durable (then a persistent message is stored while it waits).
+    pub durable: bool,
+}
+
 /// Exchange flags from `exchange.declare`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ExchangeFlags {
@@ -77,6 +89,8 @@ pub(crate) struct Vhost {
     store: Option<Arc<Store>>,
     /// Messages held by `x-delayed-message` exchanges.
     pub(crate) delayed: Delayed,
+    /// Counts the bodies of messages held (flow control); every accepted body goes through it.
+    pub(crate) memory: Arc<MemoryMonitor>,
     /// This vhost, for the queues' and the delay timer's tasks (which must not keep it alive).
     me: Weak<Vhost>,
 }
@@ -95,7 +109,18 @@ pub(crate) struct Route {
 }
 
 impl Vhost {
+    /// A vhost without flow control (its memory alarm never goes on).
+    #[cfg(test)]
     pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
+        Self::with_memory(name, store, MemoryMonitor::new(u64::MAX))
+    }
+
+    /// A vhost whose accepted message bodies `memory` counts.
+    pub fn with_memory(
+        name: &str,
+        store: Option<Arc<Store>>,
+        memory: Arc<MemoryMonitor>,
+    ) -> Arc<Self> {
         let mut topology = Topology::default();
         for (name, kind) in BUILT_IN_EXCHANGES {
             let x = Exchange::new(
@@ -114,6 +139,7 @@ impl Vhost {
             reply_to: Mutex::new(HashMap::new()),
             store,
             delayed: Delayed::default(),
+            memory,
             me: me.clone(),
         })
     }
@@ -129,6 +155,7 @@ impl Vhost {
         let Recovered {
             definitions,
             mut queues,
+            delayed,
             ..
         } = recovered;
         let mut topo = self.topology.write();
@@ -169,7 +196,10 @@ impl Vhost {
                 Some(link),
                 self.me.clone(),
             );
-            if let Some(r) = queues.remove(&q.id) {
+            if let Some(mut r) = queues.remove(&q.id) {
+                for (m, _) in &mut r.messages {
+                    m.body = self.memory.track(std::mem::take(&mut m.body));
+                }
                 queue.restore(r.messages, r.next_seq);
             }
             topo.queues.insert(q.name, queue);
@@ -182,6 +212,18 @@ impl Vhost {
                     arguments: b.arguments,
                 });
             }
+        }
+        drop(topo);
+        self.restore_delayed(delayed);
+    }
+
+    /// Puts back the persistent delayed messages: they go when due, from their exchange (if it
+    /// is gone by then, they are dropped, as when it is deleted while they wait).
+    fn restore_delayed(&self, delayed: RecoveredQueue) {
+        self.delayed.continue_after(delayed.next_seq);
+        for (due, seq, payload) in delayed.timed {
+            self.memory.hold(payload.len() as u64);
+            self.delayed.restore(self.me.clone(), due, seq, payload);
         }
     }
 
@@ -344,40 +386,69 @@ impl Vhost {
 
     /// The delay a message published to `exchange` waits for: `Some` when it is an
     /// `x-delayed-message` exchange and the `x-delay` header asks for a positive delay.
-    pub fn delay_for(
-        &self,
-        exchange: &ShortString,
-        headers: Option<&FieldTable>,
-    ) -> Option<Duration> {
+    pub fn delay_for(&self, exchange: &ShortString, headers: Option<&FieldTable>) -> Option<Delay> {
         let topo = self.topology.read();
         let x = topo.exchanges.get(exchange)?;
         if x.kind != ExchangeKind::DelayedMessage {
             return None;
         }
-        delay_of(headers)
+        Some(Delay {
+            delay: delay_of(headers)?,
+            durable: x.durable,
+        })
     }
 
-    /// Holds a message for an `x-delayed-message` exchange.
+    /// Holds a message for an `x-delayed-message` exchange. A persistent message on a durable
+    /// exchange is logged in the store first: `Ok(true)` says so (its confirm waits for the
+    /// sync); `Err` carries why the store refuses writes.
     pub fn schedule_delayed(
         &self,
-        exchange: ShortString,
-        keys: Vec<String>,
-        msg: Arc<Message>,
-        delay: Duration,
-    ) {
-        let pending = Pending {
-            exchange,
-            keys,
-            msg,
-        };
-        self.delayed.schedule(self.me.clone(), delay, pending);
+        keys: &[String],
+        msg: &Message,
+        delay: Delay,
+    ) -> Result<bool, Arc<str>> {
+        let persistent = msg.properties.delivery_mode() == &Some(2);
+        let store = self
+            .store
+            .as_deref()
+            .filter(|_| delay.durable && persistent);
+        if let Some(reason) = store.and_then(Store::failure) {
+            return Err(reason);
+        }
+        let held = self
+            .delayed
+            .schedule(self.me.clone(), delay.delay, keys, msg, store);
+        self.memory.hold(held as u64);
+        Ok(store.is_some())
     }
 
-    /// A delayed message is due: route it from its exchange (dropped if that is gone).
-    pub(crate) fn route_delayed(&self, p: Pending) {
-        let route = self.route_any(&p.exchange, &p.keys, p.msg.properties.headers().as_ref());
-        for q in route.queues {
-            q.publish(p.msg.clone());
+    /// A delayed message is due: route it from its exchange (dropped if that is gone), then
+    /// settle its record in the store.
+    pub(crate) fn route_delayed(&self, seq: u64, p: Pending) {
+        self.memory.release(p.payload.len() as u64);
+        match format::delayed(&p.payload) {
+            Ok(d) => {
+                let m = d.message;
+                let msg = Arc::new(Message {
+                    exchange: m.exchange,
+                    routing_key: m.routing_key,
+                    properties: m.properties,
+                    body: self.memory.track(m.body),
+                });
+                let headers = msg.properties.headers().as_ref();
+                let route = self.route_any(&msg.exchange, &d.keys, headers);
+                for q in route.queues {
+                    q.publish(msg.clone());
+                }
+            }
+            // Encoded by this process or checked by recovery: only a bug gets here.
+            Err(format::Malformed(what)) => {
+                tracing::error!(seq, "delayed message cannot be decoded ({what}); dropped");
+            }
+        }
+        if let Some(store) = self.store.as_ref().filter(|_| p.stored) {
+            // Written after the queue records above are synced (see the store's writer).
+            store.settled(DELAYED_LOG, seq);
         }
     }
 

@@ -2,7 +2,8 @@
 //! possible, `SIGKILL` the broker mid-stream, restart it on the same data directory and port, and
 //! check that every confirmed message is there (duplicates of unconfirmed ones are allowed,
 //! losses are not). Three rounds, messages accumulating; then the same with a consumer acking
-//! mid-stream: no message acked before a sync barrier comes back, no unacked one is lost.
+//! mid-stream: no message acked before a sync barrier comes back, no unacked one is lost. And
+//! persistent delayed messages: confirmed ones come back after the kill and arrive when due.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::TcpListener;
@@ -14,10 +15,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use parking_lot::Mutex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
@@ -358,5 +359,162 @@ async fn acks_survive_kill_9_and_unacked_messages_are_not_lost() {
         durable_acks.extend(barriered);
         any_acks.extend(all);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Persistent messages with `x-delay` to a durable `x-delayed-message` exchange, ids from 0 with
+/// confirms, until the connection dies; records every id the broker acked.
+async fn publish_delayed_until_killed(
+    ch: Channel,
+    exchange: String,
+    delay_ms: i64,
+    confirmed: Arc<Mutex<Vec<u64>>>,
+) {
+    let mut headers = FieldTable::default();
+    headers.insert("x-delay".into(), AMQPValue::LongLongInt(delay_ms));
+    let props = persistent().with_headers(headers);
+    let mut pending = std::collections::VecDeque::new();
+    for id in 0u64.. {
+        let body = id.to_string();
+        let publish = ch.basic_publish(
+            exchange.as_str().into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props.clone(),
+        );
+        let Ok(confirm) = publish.await else { return };
+        pending.push_back((id, confirm));
+        if pending.len() >= WINDOW {
+            let (id, confirm) = pending.pop_front().unwrap();
+            match confirm.await {
+                Ok(c) if c.is_ack() => confirmed.lock().push(id),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Declares the durable delayed exchange `exchange` (routing as `direct`) and the durable queue
+/// `queue` bound to it with key `k`.
+async fn delayed_topology(ch: &Channel, exchange: &str, queue: &str) {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-delayed-type".into(),
+        AMQPValue::LongString("direct".into()),
+    );
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Custom("x-delayed-message".into()),
+        options,
+        args,
+    )
+    .await
+    .expect("exchange.declare");
+    durable_queue(ch, queue).await;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+}
+
+/// A confirmed persistent delayed message survives `kill -9` and is delivered at its due time,
+/// not before, in due-time order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirmed_delayed_messages_survive_kill_9_and_arrive_when_due() {
+    const DELAY_MS: i64 = 4000;
+    let dir = data_dir("delayed");
+    let port = free_port();
+    let (exchange, queue) = ("kill9.delayed", "kill9.delayed.q");
+    let (broker, conn) = Broker::start(port, &dir).await;
+    let ch = conn.create_channel().await.unwrap();
+    delayed_topology(&ch, exchange, queue).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let confirmed = Arc::new(Mutex::new(Vec::new()));
+    let publisher = tokio::spawn(publish_delayed_until_killed(
+        ch,
+        exchange.to_owned(),
+        DELAY_MS,
+        confirmed.clone(),
+    ));
+    tokio::time::sleep(RUN).await;
+    broker.kill9();
+    let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+    let confirmed = std::mem::take(&mut *confirmed.lock());
+    assert!(!confirmed.is_empty(), "nothing was confirmed");
+
+    let (_broker, conn) = Broker::start(port, &dir).await;
+    let ch = conn.create_channel().await.unwrap();
+    let waiting = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert!(
+        started.elapsed() < Duration::from_millis(DELAY_MS as u64 - 500),
+        "the restart took too long for this check"
+    );
+    assert_eq!(waiting, 0, "nothing is delivered before its due time");
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "check".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let expected: BTreeSet<u64> = confirmed.iter().copied().collect();
+    let mut arrived = Vec::new();
+    let mut seen = BTreeSet::new();
+    while !expected.is_subset(&seen) {
+        let d = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} confirmed delayed messages lost",
+                    expected.difference(&seen).count()
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(DELAY_MS as u64),
+            "delivered before its due time"
+        );
+        let id: u64 = std::str::from_utf8(&d.data).unwrap().parse().unwrap();
+        seen.insert(id);
+        arrived.push(id);
+    }
+    assert!(
+        arrived.windows(2).all(|w| w[0] < w[1]),
+        "delivered in due-time (= publish) order"
+    );
+    eprintln!(
+        "{} confirmed delayed messages survived SIGKILL",
+        confirmed.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -109,6 +109,7 @@ async fn server_properties_and_capabilities(b: TestBroker) {
         "per_consumer_qos",
         "authentication_failure_close",
         "direct_reply_to",
+        "connection.blocked",
     ] {
         assert_eq!(
             caps.inner().get(cap),

@@ -8,6 +8,8 @@
 //!   queues/<queue id>/          one log per durable queue
 //!     00000000000000000001.seg  segments, oldest first (see `segment`)
 //!     00000000000000000002.seg
+//!   delayed/                    the log of persistent delayed messages (same segments)
+//!   lock                        held by the running broker (see `lock`); holds its pid
 //! ```
 //!
 //! Record framing and every record's bytes are documented in [`format`]; recovery rules in
@@ -22,6 +24,11 @@
 //! (they are sent under the queue's lock). A publisher confirm (or `tx.commit-ok`) for such a
 //! message waits for [`Store::after_sync`]; everything else is answered at once.
 //!
+//! A persistent message published to a durable `x-delayed-message` exchange is stored too, as a
+//! `T` record in the `delayed/` log (its confirm waits for the sync as well), and settled with
+//! `A` once it was routed when due. The writer syncs the queue logs before it writes the delayed
+//! log, so that `A` never reaches the disk before the queue records of the routing it settles.
+//!
 //! # Monotonic by design
 //!
 //! Files are only appended to (and cut at a damaged tail on recovery), segments only deleted
@@ -30,8 +37,11 @@
 //! to this without changing what is already on disk.
 
 pub(crate) mod definitions;
+#[cfg(test)]
+mod delayed_tests;
 pub(crate) mod format;
 pub(crate) mod io;
+pub(crate) mod lock;
 mod recovery;
 mod segment;
 #[cfg(test)]
@@ -47,10 +57,15 @@ use parking_lot::Mutex;
 
 pub(crate) use self::definitions::Definitions;
 use self::io::Storage;
-pub(crate) use self::recovery::Recovered;
+pub(crate) use self::recovery::{Recovered, RecoveredQueue};
 pub(crate) use self::writer::Waiter;
 use self::writer::{Request, Writer};
 use crate::message::Message;
+
+/// The writer's id for the delayed-message log (queue ids start at 1).
+pub(crate) const DELAYED_LOG: u64 = 0;
+/// The delayed-message log's directory in the data directory.
+pub(crate) const DELAYED_DIR: &str = "delayed";
 
 /// Settings of the store.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +86,8 @@ pub(crate) struct Store {
     definitions: Mutex<Vec<u8>>,
     next_queue_id: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The data directory's lock (see [`lock`]), released by [`Store::close`].
+    dir_lock: Mutex<Option<lock::DirLock>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -119,8 +136,14 @@ impl Store {
             definitions: Mutex::new(recovered.definitions.encode()),
             next_queue_id: AtomicU64::new(next_queue_id),
             writer: Mutex::new(Some(thread)),
+            dir_lock: Mutex::new(None),
         };
         Ok((Arc::new(store), recovered))
+    }
+
+    /// Keeps the data directory's lock until [`Store::close`].
+    pub fn hold_lock(&self, lock: lock::DirLock) {
+        *self.dir_lock.lock() = Some(lock);
     }
 
     /// Why the store refuses writes, if it does.
@@ -158,6 +181,20 @@ impl Store {
         let mut record = Vec::with_capacity(17);
         format::put_seq(&mut record, format::tag::SETTLED, seq);
         self.send(Request::Settled { queue, seq, record });
+    }
+
+    /// Appends a delayed message (a `T` payload, see [`format::delayed_payload`]) to the
+    /// delayed log.
+    pub fn delayed_message(&self, seq: u64, payload: &[u8]) {
+        let mut record = Vec::with_capacity(payload.len() + format::FRAME_OVERHEAD_BYTES);
+        format::frame(&mut record, format::tag::DELAYED, |b| {
+            b.extend_from_slice(payload)
+        });
+        self.send(Request::Message {
+            queue: DELAYED_LOG,
+            seq,
+            record,
+        });
     }
 
     /// Records that a message went to a consumer.
@@ -208,6 +245,8 @@ impl Store {
         self.send(Request::Close(done));
         let _ = wait.recv();
         let _ = thread.join();
+        // Everything is synced and nothing more is written: another broker may have the directory.
+        self.dir_lock.lock().take();
     }
 }
 

@@ -17,6 +17,7 @@ use super::definitions::Definitions;
 use super::format::{self, MessageRecord, SEGMENT_MAGIC, Scanned, tag};
 use super::io::Storage;
 use super::segment::{QueueLog, SegmentInfo, parse_segment_name, segment_name};
+use super::{DELAYED_DIR, DELAYED_LOG};
 
 /// What one durable queue held.
 #[derive(Debug, Default)]
@@ -25,6 +26,9 @@ pub(crate) struct RecoveredQueue {
     pub messages: Vec<(MessageRecord, bool)>,
     /// Higher than every seq in the log (new messages must not reuse a seq an old record names).
     pub next_seq: u64,
+    /// For the delayed-message log: unsettled messages as (due time in Unix ms, seq, `T`
+    /// payload), kept encoded (see [`format::delayed_payload`]).
+    pub timed: Vec<(u64, u64, Box<[u8]>)>,
 }
 
 /// Everything recovered from a data directory.
@@ -33,6 +37,8 @@ pub(crate) struct Recovered {
     pub definitions: Definitions,
     /// By queue id.
     pub queues: HashMap<u64, RecoveredQueue>,
+    /// Persistent messages waiting in durable `x-delayed-message` exchanges (see [`DELAYED_LOG`]).
+    pub delayed: RecoveredQueue,
     /// Damage found and skipped in the middle of segments: (queue, segment file, offset).
     pub corrupt: Vec<(String, String, usize)>,
 }
@@ -77,6 +83,11 @@ pub(crate) fn recover(
         logs.insert(id, QueueLog::new(qdir, segments, q.next_seq));
         recovered.queues.insert(id, q);
     }
+    let ddir = dir.join(DELAYED_DIR);
+    let (q, segments) =
+        recover_queue(storage, &ddir, "(delayed messages)", &mut recovered.corrupt)?;
+    logs.insert(DELAYED_LOG, QueueLog::new(ddir, segments, q.next_seq));
+    recovered.delayed = q;
     Ok((recovered, logs, next_id))
 }
 
@@ -95,6 +106,7 @@ fn recover_queue(
     let mut messages: BTreeMap<u64, (MessageRecord, usize)> = BTreeMap::new();
     let mut settled = BTreeSet::new();
     let mut delivered = BTreeSet::new();
+    let mut timed: BTreeMap<u64, (u64, Box<[u8]>, usize)> = BTreeMap::new();
     let mut segments = Vec::new();
     let mut next_seq = 0u64;
     for id in ids {
@@ -129,6 +141,11 @@ fn recover_queue(
                             let seq = m.seq;
                             first.get_or_insert(seq);
                             messages.insert(seq, (m, segments.len()));
+                            seq
+                        }),
+                        tag::DELAYED => format::delayed_key(payload).map(|(due, seq)| {
+                            first.get_or_insert(seq);
+                            timed.insert(seq, (due, payload.into(), segments.len()));
                             seq
                         }),
                         tag::SETTLED => format::seq(payload).inspect(|&s| {
@@ -178,7 +195,14 @@ fn recover_queue(
     let mut q = RecoveredQueue {
         messages: Vec::new(),
         next_seq,
+        timed: Vec::new(),
     };
+    for (seq, (due, payload, seg)) in timed {
+        if !settled.contains(&seq) {
+            segments[seg].live += 1;
+            q.timed.push((due, seq, payload));
+        }
+    }
     for (seq, (m, seg)) in messages {
         if !settled.contains(&seq) {
             segments[seg].live += 1;

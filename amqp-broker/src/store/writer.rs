@@ -17,6 +17,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::DELAYED_LOG;
 use super::io::Storage;
 use super::segment::QueueLog;
 
@@ -194,13 +195,15 @@ impl Writer {
         }
     }
 
-    /// Hands every pending record to the OS.
+    /// Hands every pending record to the OS, except the delayed log's: its `A` records may
+    /// settle messages whose queue records are not synced yet, so it is written only by
+    /// [`Writer::commit`], after the queue logs are synced.
     fn write_all(&mut self) {
         if self.failed().is_some() {
             return;
         }
         let mut error = None;
-        for (id, log) in &mut self.queues {
+        for (id, log) in self.queues.iter_mut().filter(|(id, _)| **id != DELAYED_LOG) {
             if let Err(e) = log.write() {
                 error = Some(format!(
                     "write to {} (queue #{id}) failed: {e}",
@@ -214,11 +217,14 @@ impl Writer {
         }
     }
 
-    /// Syncs every dirty log, answers the waiters, then reclaims.
+    /// Syncs every dirty log (the delayed log last, see [`Writer::write_all`]), answers the
+    /// waiters, then reclaims.
     fn commit(&mut self) {
         if self.failed().is_none() {
             let mut error = None;
-            for (id, log) in &mut self.queues {
+            let mut logs: Vec<_> = self.queues.iter_mut().collect();
+            logs.sort_by_key(|(id, _)| **id == DELAYED_LOG);
+            for (id, log) in logs {
                 if let Err(e) = log.sync() {
                     error = Some(format!(
                         "fsync of {} (queue #{id}) failed: {e}",

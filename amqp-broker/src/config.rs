@@ -21,6 +21,11 @@ impl User {
     }
 }
 
+/// The default of [`Config::queue_memory_budget_bytes`]: a queue of 1 KiB messages keeps about
+/// 10,000 of them in memory, enough readahead for fast consumers; two million more cost 48 MiB
+/// of index.
+pub const DEFAULT_QUEUE_MEMORY_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Everything the broker needs to know before it starts.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -46,6 +51,10 @@ pub struct Config {
     /// Size at which a queue's log segment is closed and a new one started (settled segments
     /// are deleted whole).
     pub segment_bytes: u64,
+    /// Memory each durable queue may use for the messages it holds (bodies plus a fixed
+    /// estimate per message); persistent messages beyond it live in the queue's log only and are
+    /// read back in batches when consumers reach them. Transient messages are never paged out.
+    pub queue_memory_budget_bytes: u64,
 }
 
 impl Default for Config {
@@ -61,6 +70,7 @@ impl Default for Config {
             max_connections: 10_000,
             data_dir: None,
             segment_bytes: 16 * 1024 * 1024,
+            queue_memory_budget_bytes: DEFAULT_QUEUE_MEMORY_BUDGET_BYTES,
         }
     }
 }

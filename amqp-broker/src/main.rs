@@ -33,6 +33,10 @@ struct Args {
     /// Heartbeat interval proposed to clients, in seconds (0: none).
     #[arg(long, default_value_t = 60)]
     heartbeat: u16,
+    /// Memory, in bytes, each durable queue may use for the messages it holds; persistent
+    /// messages beyond it stay on disk only until consumers reach them.
+    #[arg(long = "queue-memory-bytes", default_value_t = amqp_broker::DEFAULT_QUEUE_MEMORY_BUDGET_BYTES)]
+    queue_memory_budget_bytes: u64,
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_message_bytes = args.max_message_bytes;
     config.frame_max_bytes = args.frame_max.max(4096);
     config.heartbeat_secs = args.heartbeat;
+    config.queue_memory_budget_bytes = args.queue_memory_budget_bytes;
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;

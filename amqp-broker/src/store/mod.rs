@@ -22,16 +22,25 @@
 //! (they are sent under the queue's lock). A publisher confirm (or `tx.commit-ok`) for such a
 //! message waits for [`Store::after_sync`]; everything else is answered at once.
 //!
+//! # Bodies on disk only
+//!
+//! The `M` record is also where a paged-out message's body lives: a durable queue over its
+//! memory budget ([`StoreOptions::queue_memory_budget_bytes`]) keeps only an index entry for
+//! further persistent messages and reads their records back when consumers reach them
+//! ([`reader`]). Recovery likewise loads only the index (seq, size, priority, TTL, redelivered)
+//! and leaves every body on disk until it is wanted.
+//!
 //! # Monotonic by design
 //!
 //! Files are only appended to (and cut at a damaged tail on recovery), segments only deleted
 //! whole, the definitions file only replaced atomically; queue ids and segment numbers only
-//! grow. Later features (bodies read back from disk, compaction, an index) can be added next
-//! to this without changing what is already on disk.
+//! grow. Later features (compaction, an index file) can be added next to this without changing
+//! what is already on disk.
 
 pub(crate) mod definitions;
 pub(crate) mod format;
 pub(crate) mod io;
+mod reader;
 mod recovery;
 mod segment;
 #[cfg(test)]
@@ -47,7 +56,8 @@ use parking_lot::Mutex;
 
 pub(crate) use self::definitions::Definitions;
 use self::io::Storage;
-pub(crate) use self::recovery::Recovered;
+pub(crate) use self::reader::LogCursor;
+pub(crate) use self::recovery::{Recovered, RecoveredMessage};
 pub(crate) use self::writer::Waiter;
 use self::writer::{Request, Writer};
 use crate::message::Message;
@@ -57,6 +67,9 @@ use crate::message::Message;
 pub(crate) struct StoreOptions {
     /// A segment is closed (and a new one started) once it reaches this size.
     pub segment_bytes: u64,
+    /// How much memory each durable queue may use for the messages it holds; persistent
+    /// messages beyond it are kept on disk only and read back when consumers reach them.
+    pub queue_memory_budget_bytes: u64,
 }
 
 /// The store as the broker sees it: a handle to the writer thread plus the definitions file.
@@ -71,6 +84,8 @@ pub(crate) struct Store {
     definitions: Mutex<Vec<u8>>,
     next_queue_id: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// See [`StoreOptions::queue_memory_budget_bytes`].
+    queue_memory_budget_bytes: u64,
 }
 
 impl std::fmt::Debug for Request {
@@ -119,6 +134,7 @@ impl Store {
             definitions: Mutex::new(recovered.definitions.encode()),
             next_queue_id: AtomicU64::new(next_queue_id),
             writer: Mutex::new(Some(thread)),
+            queue_memory_budget_bytes: options.queue_memory_budget_bytes,
         };
         Ok((Arc::new(store), recovered))
     }
@@ -126,6 +142,11 @@ impl Store {
     /// Why the store refuses writes, if it does.
     pub fn failure(&self) -> Option<Arc<str>> {
         self.failure.get().cloned()
+    }
+
+    /// How much memory each durable queue may use for the messages it holds.
+    pub fn queue_memory_budget_bytes(&self) -> u64 {
+        self.queue_memory_budget_bytes
     }
 
     /// A fresh id for a durable queue's log.

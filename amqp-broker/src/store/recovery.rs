@@ -8,21 +8,41 @@
 //! A message is recovered unless a settled record names it; it is redelivered if a delivered
 //! record names it. Queue directories that no durable queue owns (a delete that crashed half
 //! way) are removed.
+//!
+//! Only the index is kept ([`RecoveredMessage`]: seq, body size, priority, TTL, redelivered):
+//! bodies stay on disk and the queue reads them back when consumers reach them (see
+//! [`super::reader`]), so start-up memory and time grow with the number of messages, not with
+//! their bytes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::Path;
 
 use super::definitions::Definitions;
-use super::format::{self, MessageRecord, SEGMENT_MAGIC, Scanned, tag};
+use super::format::{self, SEGMENT_MAGIC, Scanned, tag};
 use super::io::Storage;
 use super::segment::{QueueLog, SegmentInfo, parse_segment_name, segment_name};
+
+/// An unsettled message as recovery leaves it: its body stays in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecoveredMessage {
+    /// Its position in the queue (and the key of its `M` record).
+    pub seq: u64,
+    /// Body size (`x-max-length-bytes` counts it).
+    pub body_bytes: u32,
+    /// Its `priority` property (which of a priority queue's lanes it waits in).
+    pub priority: u8,
+    /// Its `expiration` property as a duration, if it has a valid one.
+    pub ttl: Option<std::time::Duration>,
+    /// Whether a delivered record names it (it comes back with `redelivered = true`).
+    pub redelivered: bool,
+}
 
 /// What one durable queue held.
 #[derive(Debug, Default)]
 pub(crate) struct RecoveredQueue {
-    /// Unsettled messages in queue order, with whether they were delivered before.
-    pub messages: Vec<(MessageRecord, bool)>,
+    /// Unsettled messages in queue order.
+    pub messages: Vec<RecoveredMessage>,
     /// Higher than every seq in the log (new messages must not reuse a seq an old record names).
     pub next_seq: u64,
 }
@@ -92,7 +112,7 @@ fn recover_queue(
         .filter_map(|n| parse_segment_name(n))
         .collect();
     ids.sort_unstable();
-    let mut messages: BTreeMap<u64, (MessageRecord, usize)> = BTreeMap::new();
+    let mut messages: BTreeMap<u64, (RecoveredMessage, usize)> = BTreeMap::new();
     let mut settled = BTreeSet::new();
     let mut delivered = BTreeSet::new();
     let mut segments = Vec::new();
@@ -125,10 +145,10 @@ fn recover_queue(
                     payload,
                 } => {
                     let decoded = match tag {
-                        tag::MESSAGE => format::message(payload).map(|m| {
+                        tag::MESSAGE => format::message_header(payload).map(|m| {
                             let seq = m.seq;
                             first.get_or_insert(seq);
-                            messages.insert(seq, (m, segments.len()));
+                            messages.insert(seq, (index_entry(&m), segments.len()));
                             seq
                         }),
                         tag::SETTLED => format::seq(payload).inspect(|&s| {
@@ -179,11 +199,24 @@ fn recover_queue(
         messages: Vec::new(),
         next_seq,
     };
-    for (seq, (m, seg)) in messages {
+    for (seq, (mut m, seg)) in messages {
         if !settled.contains(&seq) {
             segments[seg].live += 1;
-            q.messages.push((m, delivered.contains(&seq)));
+            m.redelivered = delivered.contains(&seq);
+            q.messages.push(m);
         }
     }
     Ok((q, segments))
+}
+
+/// What the queue's index needs of a message record.
+fn index_entry(m: &format::MessageHeader) -> RecoveredMessage {
+    let ttl = crate::message::ttl_of(&m.properties);
+    RecoveredMessage {
+        seq: m.seq,
+        body_bytes: u32::try_from(m.body_bytes).unwrap_or(u32::MAX),
+        priority: m.properties.priority().unwrap_or(0),
+        ttl,
+        redelivered: false,
+    }
 }

@@ -16,6 +16,8 @@ use crate::message::Message;
 use crate::queue::{Enqueued, Queue};
 use crate::vhost::{ExchangeFlags, QueueFlags, Vhost};
 
+mod paging;
+
 const CONN: u64 = 1;
 
 fn dir() -> PathBuf {
@@ -27,7 +29,21 @@ fn open_with(
     dir: &Path,
     segment_bytes: u64,
 ) -> (Arc<Vhost>, Arc<Store>) {
-    let (store, recovered) = Store::open(storage, dir, StoreOptions { segment_bytes }).unwrap();
+    let budget = crate::config::DEFAULT_QUEUE_MEMORY_BUDGET_BYTES;
+    open_with_budget(storage, dir, segment_bytes, budget)
+}
+
+fn open_with_budget(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    segment_bytes: u64,
+    queue_memory_budget_bytes: u64,
+) -> (Arc<Vhost>, Arc<Store>) {
+    let options = StoreOptions {
+        segment_bytes,
+        queue_memory_budget_bytes,
+    };
+    let (store, recovered) = Store::open(storage, dir, options).unwrap();
     let vhost = Vhost::new("/", Some(store.clone()));
     vhost.restore(recovered);
     (vhost, store)
@@ -183,6 +199,7 @@ fn flipped_byte() {
         &dir(),
         StoreOptions {
             segment_bytes: 1 << 20,
+            queue_memory_budget_bytes: 1 << 20,
         },
     )
     .unwrap();

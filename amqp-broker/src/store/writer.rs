@@ -47,6 +47,9 @@ pub(crate) enum Request {
     Delivered { queue: u64, record: Vec<u8> },
     /// Answer once everything before it is synced.
     AfterSync(Waiter),
+    /// Hand every record sent before to the OS (not a sync), then answer: a queue reading
+    /// back a paged-out message that is not in its file yet waits for this.
+    Flush(std::sync::mpsc::Sender<()>),
     /// The queue was deleted: remove its directory.
     DropQueue(u64),
     /// Sync everything, then stop and say so.
@@ -157,6 +160,11 @@ impl Writer {
             }
             return;
         }
+        if let Request::Flush(done) = request {
+            self.write_all();
+            let _ = done.send(());
+            return;
+        }
         if self.failed().is_some() {
             return;
         }
@@ -187,7 +195,9 @@ impl Writer {
                 }
                 Ok(())
             }
-            Request::AfterSync(_) | Request::Close(_) => unreachable!("handled above"),
+            Request::AfterSync(_) | Request::Flush(_) | Request::Close(_) => {
+                unreachable!("handled above")
+            }
         };
         if let Err((queue, e)) = result {
             self.fail(format!("cannot append to the log of queue #{queue}: {e}"));

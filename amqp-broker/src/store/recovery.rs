@@ -14,7 +14,7 @@
 //! [`super::reader`]), so start-up memory and time grow with the number of messages, not with
 //! their bytes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
@@ -112,9 +112,7 @@ fn recover_queue(
         .filter_map(|n| parse_segment_name(n))
         .collect();
     ids.sort_unstable();
-    let mut messages: BTreeMap<u64, (RecoveredMessage, usize)> = BTreeMap::new();
-    let mut settled = BTreeSet::new();
-    let mut delivered = BTreeSet::new();
+    let mut index = Index::default();
     let mut segments = Vec::new();
     let mut next_seq = 0u64;
     for id in ids {
@@ -148,14 +146,18 @@ fn recover_queue(
                         tag::MESSAGE => format::message_header(payload).map(|m| {
                             let seq = m.seq;
                             first.get_or_insert(seq);
-                            messages.insert(seq, (index_entry(&m), segments.len()));
+                            index.message(index_entry(&m), segments.len());
                             seq
                         }),
                         tag::SETTLED => format::seq(payload).inspect(|&s| {
-                            settled.insert(s);
+                            if let Some(e) = index.get(s) {
+                                e.settled = true;
+                            }
                         }),
                         tag::DELIVERED => format::seq(payload).inspect(|&s| {
-                            delivered.insert(s);
+                            if let Some(e) = index.get(s) {
+                                e.message.redelivered = true;
+                            }
                         }),
                         _ => Err(format::Malformed("record type in a segment")),
                     };
@@ -195,18 +197,65 @@ fn recover_queue(
         }
         segments.push(seg);
     }
+    let live = index.entries.iter().filter(|e| !e.settled).count();
     let mut q = RecoveredQueue {
-        messages: Vec::new(),
+        messages: Vec::with_capacity(live),
         next_seq,
     };
-    for (seq, (mut m, seg)) in messages {
-        if !settled.contains(&seq) {
-            segments[seg].live += 1;
-            m.redelivered = delivered.contains(&seq);
-            q.messages.push(m);
-        }
+    for e in index.entries.into_iter().filter(|e| !e.settled) {
+        segments[e.segment as usize].live += 1;
+        q.messages.push(e.message);
     }
     Ok((q, segments))
+}
+
+/// The messages of one log in seq order, as its records are read, oldest segment first.
+///
+/// A log's messages are appended in seq order and a settled or delivered record always comes
+/// after its message's record (the queue sends it later, under the same lock), so a vector
+/// searched by seq is enough: no set of every settled seq is kept, which keeps recovery's
+/// memory at one entry per message found.
+#[derive(Debug, Default)]
+struct Index {
+    entries: Vec<Indexed>,
+}
+
+#[derive(Debug)]
+struct Indexed {
+    message: RecoveredMessage,
+    /// Index of its segment among those recovered.
+    segment: u32,
+    /// A settled record names it.
+    settled: bool,
+}
+
+impl Index {
+    fn message(&mut self, message: RecoveredMessage, segment: usize) {
+        let entry = Indexed {
+            message,
+            segment: u32::try_from(segment).expect("fewer than 2^32 segments"),
+            settled: false,
+        };
+        let seq = entry.message.seq;
+        match self.entries.last() {
+            Some(last) if last.message.seq >= seq => {
+                // Out of order (a log put together by hand): keep it sorted; a repeat replaces.
+                match self.entries.binary_search_by_key(&seq, |e| e.message.seq) {
+                    Ok(i) => self.entries[i] = entry,
+                    Err(i) => self.entries.insert(i, entry),
+                }
+            }
+            _ => self.entries.push(entry),
+        }
+    }
+
+    fn get(&mut self, seq: u64) -> Option<&mut Indexed> {
+        let i = self
+            .entries
+            .binary_search_by_key(&seq, |e| e.message.seq)
+            .ok()?;
+        Some(&mut self.entries[i])
+    }
 }
 
 /// What the queue's index needs of a message record.

@@ -23,7 +23,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 /// Confirms outstanding at once.
 const WINDOW: usize = 2000;
 const BODY_BYTES: usize = 1024;
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// A broker process, killed when dropped.
 struct Broker {

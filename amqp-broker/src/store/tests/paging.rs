@@ -135,7 +135,7 @@ fn transient_messages_behind_paged_ones_keep_their_place() {
     let got: Vec<_> = (0..3)
         .map(|_| q.get(true).unwrap().0.msg.body.clone())
         .collect();
-    assert_eq!(got, ["p1", "t1", "p2"].map(|b| Bytes::from(b)));
+    assert_eq!(got, ["p1", "t1", "p2"].map(Bytes::from));
 }
 
 #[test]

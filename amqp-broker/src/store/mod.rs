@@ -10,7 +10,7 @@
 //!     00000000000000000002.seg
 //! ```
 //!
-//! Record framing and every record's bytes are documented in [`format`]; recovery rules in
+//! Record framing and every record's bytes are documented in [`format`](mod@format); recovery rules in
 //! [`recovery`]; group commit and failure handling in [`writer`].
 //!
 //! # What is stored

@@ -9,8 +9,13 @@
 //! refer to messages in older ones. A segment is therefore deleted only when all its messages
 //! are settled *and* every older segment is gone: the records it holds then refer only to
 //! messages that no longer exist. A queue whose consumers keep up uses about two segments of
-//! disk; one message left unacked for long pins the segments after it (a later compaction could
-//! copy such messages forward).
+//! disk; one message left unacked for long pins the segments after it.
+//!
+//! There is no compaction yet. Copying such a message forward would break the seq order of a
+//! log, which read-back (`reader`) and recovery rely on; the way in is to rewrite the oldest
+//! segment in place with only its live `M` records and their `D` records (same order), behind a
+//! marker readers check, and to let a later segment go once its `A` records name only messages
+//! already gone (which needs the settled seqs of the oldest segment, one bit each).
 
 use std::collections::VecDeque;
 use std::io;

@@ -37,6 +37,7 @@
 //! grow. Later features (compaction, an index file) can be added next to this without changing
 //! what is already on disk.
 
+pub(crate) mod compact;
 pub(crate) mod definitions;
 pub(crate) mod format;
 pub(crate) mod io;
@@ -185,7 +186,7 @@ impl Store {
     pub fn delivered(&self, queue: u64, seq: u64) {
         let mut record = Vec::with_capacity(17);
         format::put_seq(&mut record, format::tag::DELIVERED, seq);
-        self.send(Request::Delivered { queue, record });
+        self.send(Request::Delivered { queue, seq, record });
     }
 
     /// Runs `waiter` once everything sent before is synced (or can never be).

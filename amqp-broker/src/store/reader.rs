@@ -10,7 +10,9 @@
 //!
 //! A message is paged out as soon as its record is sent to the writer thread, possibly before
 //! the record reaches the file; a reader that runs out of file asks the writer to flush
-//! ([`Store::flush`]) once and looks again.
+//! ([`Store::flush`]) once and looks again. A reader that misses a message (a later one comes
+//! first, bytes do not frame, or the log ends) rescans from the oldest segment once before it
+//! gives the message up: compaction (see `compact`) may have rewritten the file under its cursor.
 
 use std::io;
 use std::path::Path;
@@ -40,6 +42,9 @@ enum Pass {
     More { len: usize },
     /// The cursor is at the end of what the segment file holds now.
     EndOfFile,
+    /// The next wanted message was not where it should be (the cursor stays before the record
+    /// that showed it).
+    Missed,
 }
 
 impl Store {
@@ -59,6 +64,7 @@ impl Store {
             wanted,
             next: 0,
             found: Vec::with_capacity(wanted.len()),
+            may_rescan: true,
         };
         let mut flushed = false;
         let mut len = READ_CHUNK_BYTES;
@@ -88,8 +94,16 @@ impl Store {
                         self.flush();
                         flushed = true;
                     }
+                    None if reading.may_rescan => {
+                        reading.may_rescan = false;
+                        *cursor = LogCursor::default();
+                    }
                     None => break,
                 },
+                Pass::Missed => {
+                    reading.may_rescan = false;
+                    *cursor = LogCursor::default();
+                }
             }
         }
         while reading.next < wanted.len() {
@@ -117,6 +131,16 @@ impl Store {
     }
 }
 
+/// What a message record met on the way meant.
+enum Offer {
+    /// Taken, or not wanted: read on.
+    Passed,
+    /// It comes after everything wanted: stop before it (a later read starts there).
+    Beyond,
+    /// A wanted message before it was not found.
+    Missed,
+}
+
 /// One `read_back` call's progress.
 struct Reading<'a> {
     queue: u64,
@@ -124,6 +148,8 @@ struct Reading<'a> {
     /// Index in `wanted` of the next seq to find.
     next: usize,
     found: Vec<MessageRecord>,
+    /// Whether a miss may still be answered with a rescan from the oldest segment (once).
+    may_rescan: bool,
 }
 
 impl Reading<'_> {
@@ -147,13 +173,19 @@ impl Reading<'_> {
             }
             match format::framed_at(bytes, at) {
                 Framed::Record { tag, payload, next } => {
-                    if tag == tag::MESSAGE && !self.offer(cursor.segment, payload) {
-                        break Pass::Done; // A later message: the cursor stays before it.
+                    if tag == tag::MESSAGE {
+                        match self.offer(cursor.segment, payload) {
+                            Offer::Passed => {}
+                            // A later message: the cursor stays before it.
+                            Offer::Beyond => break Pass::Done,
+                            Offer::Missed => break Pass::Missed,
+                        }
                     }
                     at = next;
                 }
                 Framed::Incomplete { needed } if whole => break Pass::More { len: needed },
                 Framed::Incomplete { .. } => break Pass::EndOfFile,
+                Framed::Bad if self.may_rescan => break Pass::Missed,
                 Framed::Bad => {
                     tracing::error!(
                         queue = self.queue,
@@ -182,18 +214,20 @@ impl Reading<'_> {
         outcome
     }
 
-    /// A message record met on the way: kept if it is the next one wanted. Returns false (and
-    /// leaves it) when it comes after everything wanted: a later read starts there.
-    fn offer(&mut self, segment: u64, payload: &[u8]) -> bool {
+    /// A message record met on the way: kept if it is the next one wanted.
+    fn offer(&mut self, segment: u64, payload: &[u8]) -> Offer {
         let Ok(seq) = format::seq(payload) else {
-            return true;
+            return Offer::Passed;
         };
+        if self.may_rescan && self.wanted.get(self.next).is_some_and(|&w| w < seq) {
+            return Offer::Missed;
+        }
         while self.next < self.wanted.len() && self.wanted[self.next] < seq {
             self.missing(segment);
         }
         match self.wanted.get(self.next) {
-            None => return false,
-            Some(&w) if w != seq => return true,
+            None => return Offer::Beyond,
+            Some(&w) if w != seq => return Offer::Passed,
             Some(_) => {}
         }
         match format::message(payload) {
@@ -203,7 +237,7 @@ impl Reading<'_> {
             }
         }
         self.next += 1;
-        true
+        Offer::Passed
     }
 
     /// The next wanted seq is not in the log where it should be.

@@ -128,12 +128,7 @@ fn recover_queue(
             }
             continue;
         }
-        let mut seg = SegmentInfo {
-            id,
-            first_seq: next_seq,
-            live: 0,
-            bytes: bytes.len() as u64,
-        };
+        let mut seg = SegmentInfo::new(id, next_seq, bytes.len() as u64);
         let mut first = None;
         for found in format::scan(&bytes, SEGMENT_MAGIC.len()) {
             match found {
@@ -202,9 +197,21 @@ fn recover_queue(
         messages: Vec::with_capacity(live),
         next_seq,
     };
-    for e in index.entries.into_iter().filter(|e| !e.settled) {
-        segments[e.segment as usize].live += 1;
-        q.messages.push(e.message);
+    for e in index.entries {
+        let seg = &mut segments[e.segment as usize];
+        let bit = e.message.seq.checked_sub(seg.first_seq);
+        seg.messages += 1;
+        if let Some(bit) = bit.filter(|_| e.message.redelivered) {
+            seg.delivered.set(bit);
+        }
+        if e.settled {
+            if let Some(bit) = bit {
+                seg.settled.set(bit);
+            }
+        } else {
+            seg.live += 1;
+            q.messages.push(e.message);
+        }
     }
     Ok((q, segments))
 }

@@ -44,7 +44,11 @@ pub(crate) enum Request {
         record: Vec<u8>,
     },
     /// An encoded `D` record.
-    Delivered { queue: u64, record: Vec<u8> },
+    Delivered {
+        queue: u64,
+        seq: u64,
+        record: Vec<u8>,
+    },
     /// Answer once everything before it is synced.
     AfterSync(Waiter),
     /// Hand every record sent before to the OS (not a sync), then answer: a queue reading
@@ -183,8 +187,10 @@ impl Writer {
                 Some(log) => log.settled(&*storage, seq, &record).map_err(|e| (queue, e)),
                 None => Ok(()),
             },
-            Request::Delivered { queue, record } => match self.queues.get_mut(&queue) {
-                Some(log) => log.delivered(&*storage, &record).map_err(|e| (queue, e)),
+            Request::Delivered { queue, seq, record } => match self.queues.get_mut(&queue) {
+                Some(log) => log
+                    .delivered(&*storage, seq, &record)
+                    .map_err(|e| (queue, e)),
                 None => Ok(()),
             },
             Request::DropQueue(queue) => {

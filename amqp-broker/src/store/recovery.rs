@@ -7,7 +7,7 @@
 //! damaged tail is cut (the file is truncated there), which is what a crash mid-write leaves.
 //! A message is recovered unless a settled record names it; it is redelivered if a delivered
 //! record names it. Queue directories that no durable queue owns (a delete that crashed half
-//! way) are removed.
+//! way) are removed, and so are `.tmp` files a compaction left when it crashed before renaming.
 //!
 //! Only the index is kept ([`RecoveredMessage`]: seq, body size, priority, TTL, redelivered):
 //! bodies stay on disk and the queue reads them back when consumers reach them (see
@@ -106,11 +106,12 @@ fn recover_queue(
     queue: &str,
     corrupt: &mut Vec<(String, String, usize)>,
 ) -> io::Result<(RecoveredQueue, Vec<SegmentInfo>)> {
-    let mut ids: Vec<u64> = storage
-        .list(qdir)?
-        .iter()
-        .filter_map(|n| parse_segment_name(n))
-        .collect();
+    let names = storage.list(qdir)?;
+    for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        // A compaction that crashed before its rename: the segment itself is intact.
+        storage.remove_file(&qdir.join(name))?;
+    }
+    let mut ids: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     ids.sort_unstable();
     let mut index = Index::default();
     let mut segments = Vec::new();

@@ -108,6 +108,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Memory each durable queue may use for the messages it holds (default 16 MiB); persistent
+    /// messages beyond it are kept on disk only and read back when consumers reach them.
+    pub fn queue_memory_budget_bytes(mut self, bytes: u64) -> Self {
+        self.config.queue_memory_budget_bytes = bytes;
+        self
+    }
+
     /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -128,6 +135,7 @@ impl BrokerBuilder {
                 let dir = dir.clone();
                 let options = StoreOptions {
                     segment_bytes: config.segment_bytes,
+                    queue_memory_budget_bytes: config.queue_memory_budget_bytes,
                 };
                 let opened = tokio::task::spawn_blocking({
                     let dir = dir.clone();

@@ -21,6 +21,11 @@ impl User {
     }
 }
 
+/// The default of [`Config::queue_memory_budget_bytes`]: a queue of 1 KiB messages keeps about
+/// 10,000 of them in memory, enough readahead for fast consumers; two million more cost 48 MiB
+/// of index.
+pub const DEFAULT_QUEUE_MEMORY_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Everything the broker needs to know before it starts.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -56,6 +61,10 @@ pub struct Config {
     /// that publish are blocked (no longer read; `connection.blocked` sent to clients that ask
     /// for it) until consumers bring it below 90% of it. Default: 40% of the machine's memory.
     pub memory_high_watermark_bytes: u64,
+    /// Memory each durable queue may use for the messages it holds (bodies plus a fixed
+    /// estimate per message); persistent messages beyond it live in the queue's log only and are
+    /// read back in batches when consumers reach them. Transient messages are never paged out.
+    pub queue_memory_budget_bytes: u64,
 }
 
 impl Default for Config {
@@ -73,6 +82,7 @@ impl Default for Config {
             data_dir: None,
             segment_bytes: 16 * 1024 * 1024,
             memory_high_watermark_bytes: crate::memory::default_high_watermark_bytes(),
+            queue_memory_budget_bytes: DEFAULT_QUEUE_MEMORY_BUDGET_BYTES,
         }
     }
 }

@@ -49,6 +49,6 @@ mod store;
 mod vhost;
 
 pub use broker::{Broker, BrokerBuilder};
-pub use config::{Config, User};
+pub use config::{Config, DEFAULT_QUEUE_MEMORY_BUDGET_BYTES, User};
 pub use error::Error;
 pub use registry::ConnectionInfo;

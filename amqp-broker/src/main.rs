@@ -46,6 +46,10 @@ struct Args {
     /// blocked until consumers drain the queues (default: 40% of the machine's memory).
     #[arg(long, value_name = "BYTES")]
     memory_high_watermark_bytes: Option<u64>,
+    /// Memory, in bytes, each durable queue may use for the messages it holds; persistent
+    /// messages beyond it stay on disk only until consumers reach them.
+    #[arg(long = "queue-memory-bytes", default_value_t = amqp_broker::DEFAULT_QUEUE_MEMORY_BUDGET_BYTES)]
+    queue_memory_budget_bytes: u64,
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(bytes) = args.memory_high_watermark_bytes {
         config.memory_high_watermark_bytes = bytes;
     }
+    config.queue_memory_budget_bytes = args.queue_memory_budget_bytes;
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;

@@ -48,9 +48,15 @@ impl Message {
     /// The per-message TTL from the `expiration` property (milliseconds, as a decimal string);
     /// a value that is not one is ignored.
     pub fn ttl(&self) -> Option<Duration> {
-        let text = self.properties.expiration().as_ref()?;
-        text.as_str().parse::<u64>().ok().map(Duration::from_millis)
+        ttl_of(&self.properties)
     }
+}
+
+/// The `expiration` property as a duration (milliseconds, as a decimal string); a value that is
+/// not one is ignored.
+pub(crate) fn ttl_of(properties: &BasicProperties) -> Option<Duration> {
+    let text = properties.expiration().as_ref()?;
+    text.as_str().parse::<u64>().ok().map(Duration::from_millis)
 }
 
 /// A prefetch window: how many deliveries may be unacknowledged, and how many are.

@@ -6,6 +6,7 @@
 //! counts them. A store that makes queues durable sits under [`Queue::publish`],
 //! [`Queue::settle`] and [`Queue::requeue`].
 
+mod paged;
 mod policy;
 mod ready;
 mod timer;
@@ -21,12 +22,12 @@ use tokio::sync::{Notify, mpsc};
 use crate::dead_letter::Reason;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Credit, Message, QueuedMessage};
-use crate::store::QueueStore;
-use crate::store::format::MessageRecord;
+use crate::store::{QueueStore, RecoveredMessage};
 use crate::vhost::Vhost;
 
+use self::paged::PagedEntry;
 pub(crate) use self::policy::{DeclareFlags, Overflow, Policy, integer};
-use self::ready::Ready;
+use self::ready::{Pager, Ready};
 
 /// Identifies a client connection (exclusive queues belong to one).
 pub(crate) type ConnId = u64;
@@ -208,8 +209,12 @@ impl Queue {
         store: Option<QueueStore>,
         vhost: Weak<Vhost>,
     ) -> Arc<Self> {
+        let pager = store.as_ref().map(|s| Pager {
+            store: s.clone(),
+            budget_bytes: s.store.queue_memory_budget_bytes(),
+        });
         let state = State {
-            ready: Ready::new(policy.max_priority),
+            ready: Ready::new(policy.max_priority, pager),
             next_seq: 0,
             consumers: Vec::new(),
             unacked: 0,
@@ -332,35 +337,32 @@ impl Queue {
         });
     }
 
-    /// When a message arriving now expires.
-    fn deadline_for(&self, msg: &Message, now: Instant) -> Option<Instant> {
-        let ttl = match (self.policy.message_ttl, msg.ttl()) {
+    /// When a message arriving now with its own TTL (`expiration`) `own_ttl` expires.
+    fn deadline_for(&self, own_ttl: Option<std::time::Duration>, now: Instant) -> Option<Instant> {
+        let ttl = match (self.policy.message_ttl, own_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         ttl.map(|d| now + d)
     }
 
-    /// Puts back what the store recovered, in order, before the queue is used.
-    pub fn restore(self: &Arc<Self>, messages: Vec<(MessageRecord, bool)>, next_seq: u64) {
+    /// Puts back what the store recovered, in order, before the queue is used. Bodies stay on
+    /// disk until consumers reach them.
+    pub fn restore(self: &Arc<Self>, messages: Vec<RecoveredMessage>, next_seq: u64) {
         let now = Instant::now();
         self.with_state(|st| {
-            for (m, redelivered) in messages {
-                let msg = Arc::new(Message {
-                    exchange: m.exchange,
-                    routing_key: m.routing_key,
-                    properties: m.properties,
-                    body: m.body,
-                });
+            for m in messages {
                 // The clock restarts at recovery (the store keeps no arrival time).
-                let expires_at = self.deadline_for(&msg, now);
-                st.ready.push_back(QueuedMessage {
-                    seq: m.seq,
-                    redelivered,
-                    msg,
+                let expires_at = self.deadline_for(m.ttl, now);
+                let entry = PagedEntry::from_parts(
+                    m.seq,
+                    u64::from(m.body_bytes),
+                    m.redelivered,
+                    u32::from(m.redelivered),
                     expires_at,
-                    delivery_count: u32::from(redelivered),
-                });
+                    false,
+                );
+                st.ready.push_paged(m.priority, entry);
             }
             st.next_seq = st.next_seq.max(next_seq);
         });
@@ -458,14 +460,15 @@ impl Queue {
             if let Some(s) = store {
                 s.store.message(s.id, seq, &msg);
             }
-            let expires_at = self.deadline_for(&msg, now);
-            st.ready.push_back(QueuedMessage {
+            let expires_at = self.deadline_for(msg.ttl(), now);
+            let entry = QueuedMessage {
                 seq,
                 redelivered: false,
                 msg,
                 expires_at,
                 delivery_count: 0,
-            });
+            };
+            st.ready.push_back(entry, store.is_some());
             self.dispatch_locked(st, now);
             // drop-head: make room by dropping (dead-lettering) the oldest, as RabbitMQ does
             // (with a limit of 0 or a message larger than the byte limit, that is the new one).
@@ -667,8 +670,13 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let all = st.ready.take_all();
-        for entry in &all {
+        for entry in &all.resident {
             self.log_settled(entry);
+        }
+        if let Some(s) = &self.store {
+            for &seq in &all.paged {
+                s.store.settled(s.id, seq);
+            }
         }
         count(all.len())
     }
@@ -718,14 +726,15 @@ impl Queue {
     pub fn ready_for_test(&self) -> Vec<(String, bool)> {
         let st = self.state.lock();
         st.ready
-            .iter()
-            .map(|e| {
-                (
-                    String::from_utf8_lossy(&e.msg.body).into_owned(),
-                    e.redelivered,
-                )
-            })
+            .contents_for_test()
+            .into_iter()
+            .map(|(body, redelivered)| (String::from_utf8_lossy(&body).into_owned(), redelivered))
             .collect()
+    }
+
+    /// Memory charged for the ready messages held in memory (for tests).
+    pub fn resident_bytes_for_test(&self) -> u64 {
+        self.state.lock().ready.resident_bytes()
     }
 }
 

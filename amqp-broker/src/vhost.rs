@@ -196,10 +196,9 @@ impl Vhost {
                 Some(link),
                 self.me.clone(),
             );
-            if let Some(mut r) = queues.remove(&q.id) {
-                for (m, _) in &mut r.messages {
-                    m.body = self.memory.track(std::mem::take(&mut m.body));
-                }
+            if let Some(r) = queues.remove(&q.id) {
+                // Only the index: bodies are read (and counted in `memory`) when consumers
+                // reach them.
                 queue.restore(r.messages, r.next_seq);
             }
             topo.queues.insert(q.name, queue);

@@ -21,6 +21,7 @@ const CONN: u64 = 1;
 fn open(mem: &MemStorage) -> (Arc<Vhost>, Arc<Store>) {
     let options = StoreOptions {
         segment_bytes: 1 << 20,
+        queue_memory_budget_bytes: crate::DEFAULT_QUEUE_MEMORY_BUDGET_BYTES,
     };
     let (store, recovered) =
         Store::open(Arc::new(mem.clone()), &PathBuf::from("/data"), options).unwrap();

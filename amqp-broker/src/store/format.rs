@@ -114,6 +114,41 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     (crc32fast::hash(covered) == crc).then(|| (head[0], &covered[5..], end))
 }
 
+/// The bytes at an offset, as seen by a reader that may meet a record still being appended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Framed<'a> {
+    /// A good record, and the offset after it.
+    Record {
+        tag: u8,
+        payload: &'a [u8],
+        next: usize,
+    },
+    /// Too few bytes to tell: a whole record there would need `needed` bytes from the offset.
+    Incomplete { needed: usize },
+    /// Enough bytes, but no good record starts here (damage).
+    Bad,
+}
+
+/// Classifies the bytes at `at` (see [`Framed`]).
+pub(crate) fn framed_at(bytes: &[u8], at: usize) -> Framed<'_> {
+    let Some(head) = bytes.get(at..at + 5) else {
+        return Framed::Incomplete { needed: 5 };
+    };
+    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    if !tag::ALL.contains(&head[0]) || len > MAX_PAYLOAD_BYTES {
+        return Framed::Bad;
+    }
+    if bytes.len() - at < FRAME_OVERHEAD_BYTES + len {
+        return Framed::Incomplete {
+            needed: FRAME_OVERHEAD_BYTES + len,
+        };
+    }
+    match record_at(bytes, at) {
+        Some((tag, payload, next)) => Framed::Record { tag, payload, next },
+        None => Framed::Bad,
+    }
+}
+
 /// What a scan of a file found, in file order.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Scanned<'a> {
@@ -358,6 +393,30 @@ pub(crate) fn message(payload: &[u8]) -> Result<MessageRecord, Malformed> {
     })
 }
 
+/// What recovery keeps of an `M` record: everything but the body, which stays on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MessageHeader {
+    pub seq: u64,
+    pub properties: BasicProperties,
+    pub body_bytes: usize,
+}
+
+/// Decodes an `M` payload without copying its body.
+pub(crate) fn message_header(payload: &[u8]) -> Result<MessageHeader, Malformed> {
+    let mut r = Reader::new(payload);
+    let seq = r.u64("message seq")?;
+    r.str8("message exchange")?;
+    r.str8("message routing key")?;
+    let len = r.u32("properties length")? as usize;
+    let props = r.take(len, "properties")?;
+    let (_, properties) = parse_properties(props).map_err(|_| Malformed("properties"))?;
+    Ok(MessageHeader {
+        seq,
+        properties,
+        body_bytes: r.rest().len(),
+    })
+}
+
 /// Appends an `A` (settled) or `D` (delivered) record.
 pub(crate) fn put_seq(out: &mut Vec<u8>, tag: u8, seq: u64) {
     frame(out, tag, |buf| buf.extend_from_slice(&seq.to_le_bytes()));
@@ -450,6 +509,29 @@ mod tests {
             assert_eq!(found.len(), 2, "cut at {cut}");
             assert_eq!(found[1], Scanned::Tail { offset: last }, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_reader_tells_a_record_being_written_from_damage() {
+        let full = two_records();
+        let Framed::Record { next, .. } = framed_at(&full, 8) else {
+            panic!("the first record is whole");
+        };
+        for cut in next + 1..full.len() {
+            assert!(
+                matches!(framed_at(&full[..cut], next), Framed::Incomplete { .. }),
+                "cut at {cut}"
+            );
+        }
+        let mut damaged = full.clone();
+        damaged[next + 6] ^= 1;
+        assert_eq!(framed_at(&damaged, next), Framed::Bad);
+        let header = message_header(match framed_at(&full, 8) {
+            Framed::Record { payload, .. } => payload,
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+        assert_eq!((header.seq, header.body_bytes), (7, 5));
     }
 
     #[test]

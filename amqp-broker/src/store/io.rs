@@ -14,6 +14,9 @@ use parking_lot::Mutex;
 pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// The whole file (`NotFound` if it does not exist).
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Up to `len` bytes from `offset` (fewer at the end of the file), including bytes appended
+    /// but not yet synced: how paged-out message bodies are read back.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Names of the entries of a directory (empty if it does not exist).
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Creates a directory and its parents.
@@ -58,6 +61,22 @@ fn parent(path: &Path) -> &Path {
 impl Storage for FileStorage {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = File::open(path)?;
+        let mut buf = vec![0; len];
+        let mut filled = 0;
+        while filled < len {
+            match read_at(&file, &mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -110,6 +129,17 @@ impl Storage for FileStorage {
             other => other,
         }
     }
+}
+
+/// A positioned read that leaves no shared file position behind.
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
 #[derive(Debug)]
@@ -227,6 +257,21 @@ impl Storage for MemStorage {
             .get(path)
             .map(|f| f.data.clone())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, path.display().to_string()))
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let st = self.state.lock();
+        Self::check(&st)?;
+        let data = &st
+            .files
+            .get(path)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, path.display().to_string()))?
+            .data;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let end = start.saturating_add(len).min(data.len());
+        Ok(data[start..end].to_vec())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {

@@ -12,7 +12,7 @@
 //!   lock                        held by the running broker (see `lock`); holds its pid
 //! ```
 //!
-//! Record framing and every record's bytes are documented in [`format`]; recovery rules in
+//! Record framing and every record's bytes are documented in [`format`](mod@format); recovery rules in
 //! [`recovery`]; group commit and failure handling in [`writer`].
 //!
 //! # What is stored
@@ -28,20 +28,29 @@
 //! `T` record in the `delayed/` log (its confirm waits for the sync as well), and settled with
 //! `A` once it was routed when due. The writer syncs the queue logs before it writes the delayed
 //! log, so that `A` never reaches the disk before the queue records of the routing it settles.
+//! # Bodies on disk only
+//!
+//! The `M` record is also where a paged-out message's body lives: a durable queue over its
+//! memory budget ([`StoreOptions::queue_memory_budget_bytes`]) keeps only an index entry for
+//! further persistent messages and reads their records back when consumers reach them
+//! ([`reader`]). Recovery likewise loads only the index (seq, size, priority, TTL, redelivered)
+//! and leaves every body on disk until it is wanted.
 //!
 //! # Monotonic by design
 //!
 //! Files are only appended to (and cut at a damaged tail on recovery), segments only deleted
 //! whole, the definitions file only replaced atomically; queue ids and segment numbers only
-//! grow. Later features (bodies read back from disk, compaction, an index) can be added next
-//! to this without changing what is already on disk.
+//! grow. Later features (compaction, an index file) can be added next to this without changing
+//! what is already on disk.
 
+pub(crate) mod compact;
 pub(crate) mod definitions;
 #[cfg(test)]
 mod delayed_tests;
 pub(crate) mod format;
 pub(crate) mod io;
 pub(crate) mod lock;
+mod reader;
 mod recovery;
 mod segment;
 #[cfg(test)]
@@ -57,7 +66,8 @@ use parking_lot::Mutex;
 
 pub(crate) use self::definitions::Definitions;
 use self::io::Storage;
-pub(crate) use self::recovery::{Recovered, RecoveredQueue};
+pub(crate) use self::reader::LogCursor;
+pub(crate) use self::recovery::{Recovered, RecoveredMessage, RecoveredQueue};
 pub(crate) use self::writer::Waiter;
 use self::writer::{Request, Writer};
 use crate::message::Message;
@@ -72,6 +82,9 @@ pub(crate) const DELAYED_DIR: &str = "delayed";
 pub(crate) struct StoreOptions {
     /// A segment is closed (and a new one started) once it reaches this size.
     pub segment_bytes: u64,
+    /// How much memory each durable queue may use for the messages it holds; persistent
+    /// messages beyond it are kept on disk only and read back when consumers reach them.
+    pub queue_memory_budget_bytes: u64,
 }
 
 /// The store as the broker sees it: a handle to the writer thread plus the definitions file.
@@ -88,6 +101,8 @@ pub(crate) struct Store {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The data directory's lock (see [`lock`]), released by [`Store::close`].
     dir_lock: Mutex<Option<lock::DirLock>>,
+    /// See [`StoreOptions::queue_memory_budget_bytes`].
+    queue_memory_budget_bytes: u64,
 }
 
 impl std::fmt::Debug for Request {
@@ -137,6 +152,7 @@ impl Store {
             next_queue_id: AtomicU64::new(next_queue_id),
             writer: Mutex::new(Some(thread)),
             dir_lock: Mutex::new(None),
+            queue_memory_budget_bytes: options.queue_memory_budget_bytes,
         };
         Ok((Arc::new(store), recovered))
     }
@@ -149,6 +165,11 @@ impl Store {
     /// Why the store refuses writes, if it does.
     pub fn failure(&self) -> Option<Arc<str>> {
         self.failure.get().cloned()
+    }
+
+    /// How much memory each durable queue may use for the messages it holds.
+    pub fn queue_memory_budget_bytes(&self) -> u64 {
+        self.queue_memory_budget_bytes
     }
 
     /// A fresh id for a durable queue's log.
@@ -201,7 +222,7 @@ impl Store {
     pub fn delivered(&self, queue: u64, seq: u64) {
         let mut record = Vec::with_capacity(17);
         format::put_seq(&mut record, format::tag::DELIVERED, seq);
-        self.send(Request::Delivered { queue, record });
+        self.send(Request::Delivered { queue, seq, record });
     }
 
     /// Runs `waiter` once everything sent before is synced (or can never be).

@@ -7,23 +7,43 @@
 //! damaged tail is cut (the file is truncated there), which is what a crash mid-write leaves.
 //! A message is recovered unless a settled record names it; it is redelivered if a delivered
 //! record names it. Queue directories that no durable queue owns (a delete that crashed half
-//! way) are removed.
+//! way) are removed, and so are `.tmp` files a compaction left when it crashed before renaming.
+//!
+//! Only the index is kept ([`RecoveredMessage`]: seq, body size, priority, TTL, redelivered):
+//! bodies stay on disk and the queue reads them back when consumers reach them (see
+//! [`super::reader`]), so start-up memory and time grow with the number of messages, not with
+//! their bytes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::Path;
 
 use super::definitions::Definitions;
-use super::format::{self, MessageRecord, SEGMENT_MAGIC, Scanned, tag};
+use super::format::{self, SEGMENT_MAGIC, Scanned, tag};
 use super::io::Storage;
 use super::segment::{QueueLog, SegmentInfo, parse_segment_name, segment_name};
 use super::{DELAYED_DIR, DELAYED_LOG};
 
+/// An unsettled message as recovery leaves it: its body stays in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecoveredMessage {
+    /// Its position in the queue (and the key of its `M` record).
+    pub seq: u64,
+    /// Body size (`x-max-length-bytes` counts it).
+    pub body_bytes: u32,
+    /// Its `priority` property (which of a priority queue's lanes it waits in).
+    pub priority: u8,
+    /// Its `expiration` property as a duration, if it has a valid one.
+    pub ttl: Option<std::time::Duration>,
+    /// Whether a delivered record names it (it comes back with `redelivered = true`).
+    pub redelivered: bool,
+}
+
 /// What one durable queue held.
 #[derive(Debug, Default)]
 pub(crate) struct RecoveredQueue {
-    /// Unsettled messages in queue order, with whether they were delivered before.
-    pub messages: Vec<(MessageRecord, bool)>,
+    /// Unsettled messages in queue order.
+    pub messages: Vec<RecoveredMessage>,
     /// Higher than every seq in the log (new messages must not reuse a seq an old record names).
     pub next_seq: u64,
     /// For the delayed-message log: unsettled messages as (due time in Unix ms, seq, `T`
@@ -97,16 +117,18 @@ fn recover_queue(
     queue: &str,
     corrupt: &mut Vec<(String, String, usize)>,
 ) -> io::Result<(RecoveredQueue, Vec<SegmentInfo>)> {
-    let mut ids: Vec<u64> = storage
-        .list(qdir)?
-        .iter()
-        .filter_map(|n| parse_segment_name(n))
-        .collect();
+    let names = storage.list(qdir)?;
+    for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        // A compaction that crashed before its rename: the segment itself is intact.
+        storage.remove_file(&qdir.join(name))?;
+    }
+    let mut ids: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     ids.sort_unstable();
-    let mut messages: BTreeMap<u64, (MessageRecord, usize)> = BTreeMap::new();
-    let mut settled = BTreeSet::new();
-    let mut delivered = BTreeSet::new();
+    let mut index = Index::default();
+    // The delayed log's `T` records (by seq: due time, payload, segment) and the seqs its `A`
+    // records settle; a queue log has neither.
     let mut timed: BTreeMap<u64, (u64, Box<[u8]>, usize)> = BTreeMap::new();
+    let mut timed_settled = BTreeSet::new();
     let mut segments = Vec::new();
     let mut next_seq = 0u64;
     for id in ids {
@@ -122,12 +144,7 @@ fn recover_queue(
             }
             continue;
         }
-        let mut seg = SegmentInfo {
-            id,
-            first_seq: next_seq,
-            live: 0,
-            bytes: bytes.len() as u64,
-        };
+        let mut seg = SegmentInfo::new(id, next_seq, bytes.len() as u64);
         let mut first = None;
         for found in format::scan(&bytes, SEGMENT_MAGIC.len()) {
             match found {
@@ -137,10 +154,10 @@ fn recover_queue(
                     payload,
                 } => {
                     let decoded = match tag {
-                        tag::MESSAGE => format::message(payload).map(|m| {
+                        tag::MESSAGE => format::message_header(payload).map(|m| {
                             let seq = m.seq;
                             first.get_or_insert(seq);
-                            messages.insert(seq, (m, segments.len()));
+                            index.message(index_entry(&m), segments.len());
                             seq
                         }),
                         tag::DELAYED => format::delayed_key(payload).map(|(due, seq)| {
@@ -148,11 +165,16 @@ fn recover_queue(
                             timed.insert(seq, (due, payload.into(), segments.len()));
                             seq
                         }),
-                        tag::SETTLED => format::seq(payload).inspect(|&s| {
-                            settled.insert(s);
+                        tag::SETTLED => format::seq(payload).inspect(|&s| match index.get(s) {
+                            Some(e) => e.settled = true,
+                            None => {
+                                timed_settled.insert(s);
+                            }
                         }),
                         tag::DELIVERED => format::seq(payload).inspect(|&s| {
-                            delivered.insert(s);
+                            if let Some(e) = index.get(s) {
+                                e.message.redelivered = true;
+                            }
                         }),
                         _ => Err(format::Malformed("record type in a segment")),
                     };
@@ -192,22 +214,101 @@ fn recover_queue(
         }
         segments.push(seg);
     }
+    let live = index.entries.iter().filter(|e| !e.settled).count();
     let mut q = RecoveredQueue {
-        messages: Vec::new(),
+        messages: Vec::with_capacity(live),
         next_seq,
         timed: Vec::new(),
     };
     for (seq, (due, payload, seg)) in timed {
-        if !settled.contains(&seq) {
-            segments[seg].live += 1;
+        let seg = &mut segments[seg];
+        let bit = seq.checked_sub(seg.first_seq);
+        seg.messages += 1;
+        if timed_settled.contains(&seq) {
+            if let Some(bit) = bit {
+                seg.settled.set(bit);
+            }
+        } else {
+            seg.live += 1;
             q.timed.push((due, seq, payload));
         }
     }
-    for (seq, (m, seg)) in messages {
-        if !settled.contains(&seq) {
-            segments[seg].live += 1;
-            q.messages.push((m, delivered.contains(&seq)));
+    for e in index.entries {
+        let seg = &mut segments[e.segment as usize];
+        let bit = e.message.seq.checked_sub(seg.first_seq);
+        seg.messages += 1;
+        if let Some(bit) = bit.filter(|_| e.message.redelivered) {
+            seg.delivered.set(bit);
+        }
+        if e.settled {
+            if let Some(bit) = bit {
+                seg.settled.set(bit);
+            }
+        } else {
+            seg.live += 1;
+            q.messages.push(e.message);
         }
     }
     Ok((q, segments))
+}
+
+/// The messages of one log in seq order, as its records are read, oldest segment first.
+///
+/// A log's messages are appended in seq order and a settled or delivered record always comes
+/// after its message's record (the queue sends it later, under the same lock), so a vector
+/// searched by seq is enough: no set of every settled seq is kept, which keeps recovery's
+/// memory at one entry per message found.
+#[derive(Debug, Default)]
+struct Index {
+    entries: Vec<Indexed>,
+}
+
+#[derive(Debug)]
+struct Indexed {
+    message: RecoveredMessage,
+    /// Index of its segment among those recovered.
+    segment: u32,
+    /// A settled record names it.
+    settled: bool,
+}
+
+impl Index {
+    fn message(&mut self, message: RecoveredMessage, segment: usize) {
+        let entry = Indexed {
+            message,
+            segment: u32::try_from(segment).expect("fewer than 2^32 segments"),
+            settled: false,
+        };
+        let seq = entry.message.seq;
+        match self.entries.last() {
+            Some(last) if last.message.seq >= seq => {
+                // Out of order (a log put together by hand): keep it sorted; a repeat replaces.
+                match self.entries.binary_search_by_key(&seq, |e| e.message.seq) {
+                    Ok(i) => self.entries[i] = entry,
+                    Err(i) => self.entries.insert(i, entry),
+                }
+            }
+            _ => self.entries.push(entry),
+        }
+    }
+
+    fn get(&mut self, seq: u64) -> Option<&mut Indexed> {
+        let i = self
+            .entries
+            .binary_search_by_key(&seq, |e| e.message.seq)
+            .ok()?;
+        Some(&mut self.entries[i])
+    }
+}
+
+/// What the queue's index needs of a message record.
+fn index_entry(m: &format::MessageHeader) -> RecoveredMessage {
+    let ttl = crate::message::ttl_of(&m.properties);
+    RecoveredMessage {
+        seq: m.seq,
+        body_bytes: u32::try_from(m.body_bytes).unwrap_or(u32::MAX),
+        priority: m.properties.priority().unwrap_or(0),
+        ttl,
+        redelivered: false,
+    }
 }

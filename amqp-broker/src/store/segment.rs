@@ -9,13 +9,15 @@
 //! refer to messages in older ones. A segment is therefore deleted only when all its messages
 //! are settled *and* every older segment is gone: the records it holds then refer only to
 //! messages that no longer exist. A queue whose consumers keep up uses about two segments of
-//! disk; one message left unacked for long pins the segments after it (a later compaction could
-//! copy such messages forward).
+//! disk. One message left unacked for long would pin the segments after it; compaction (see
+//! `compact`) rewrites such an oldest segment with only its live messages, after which later
+//! segments closed before the rewrite may go once nothing in them is live.
 
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::compact::{self, Bits};
 use super::format::SEGMENT_MAGIC;
 use super::io::{AppendFile, Storage};
 
@@ -41,6 +43,31 @@ pub(crate) struct SegmentInfo {
     pub live: u64,
     /// Its size.
     pub bytes: u64,
+    /// Messages written to it (live or not; after a compaction, those it kept).
+    pub messages: u64,
+    /// Which of its messages were settled, by `seq - first_seq` (for compaction).
+    pub settled: Bits,
+    /// Which of its messages were delivered, by `seq - first_seq` (compaction keeps their `D`).
+    pub delivered: Bits,
+    /// Set when it was compacted: segments numbered below this were closed before the rewrite
+    /// (see `compact`).
+    pub compacted_below: Option<u64>,
+}
+
+impl SegmentInfo {
+    /// A segment with no message recorded yet.
+    pub fn new(id: u64, first_seq: u64, bytes: u64) -> Self {
+        Self {
+            id,
+            first_seq,
+            live: 0,
+            bytes,
+            messages: 0,
+            settled: Bits::default(),
+            delivered: Bits::default(),
+            compacted_below: None,
+        }
+    }
 }
 
 /// One queue's segments, owned by the writer thread.
@@ -87,12 +114,8 @@ impl QueueLog {
         let file = storage.create(&self.dir.join(segment_name(id)))?;
         self.next_segment_id += 1;
         self.active = Some(file);
-        self.segments.push_back(SegmentInfo {
-            id,
-            first_seq: self.next_seq,
-            live: 0,
-            bytes: SEGMENT_MAGIC.len() as u64,
-        });
+        let seg = SegmentInfo::new(id, self.next_seq, SEGMENT_MAGIC.len() as u64);
+        self.segments.push_back(seg);
         self.pending.extend_from_slice(SEGMENT_MAGIC);
         Ok(())
     }
@@ -103,6 +126,7 @@ impl QueueLog {
         seg.bytes += record.len() as u64;
         if message {
             seg.live += 1;
+            seg.messages += 1;
         }
         self.pending.extend_from_slice(record);
         Ok(())
@@ -115,17 +139,26 @@ impl QueueLog {
         Ok(())
     }
 
+    /// The segment holding message `seq`, if it still exists.
+    fn segment_of(&mut self, seq: u64) -> Option<&mut SegmentInfo> {
+        let i = self.segments.partition_point(|s| s.first_seq <= seq);
+        i.checked_sub(1).and_then(|i| self.segments.get_mut(i))
+    }
+
     /// Appends an `A` record and counts the message out of its segment.
     pub fn settled(&mut self, storage: &dyn Storage, seq: u64, record: &[u8]) -> io::Result<()> {
-        let i = self.segments.partition_point(|s| s.first_seq <= seq);
-        if let Some(seg) = i.checked_sub(1).and_then(|i| self.segments.get_mut(i)) {
+        if let Some(seg) = self.segment_of(seq) {
             seg.live = seg.live.saturating_sub(1);
+            seg.settled.set(seq - seg.first_seq);
         }
         self.push(storage, record, false)
     }
 
     /// Appends a `D` record.
-    pub fn delivered(&mut self, storage: &dyn Storage, record: &[u8]) -> io::Result<()> {
+    pub fn delivered(&mut self, storage: &dyn Storage, seq: u64, record: &[u8]) -> io::Result<()> {
+        if let Some(seg) = self.segment_of(seq) {
+            seg.delivered.set(seq - seg.first_seq);
+        }
         self.push(storage, record, false)
     }
 
@@ -171,17 +204,71 @@ impl QueueLog {
         if self.active.is_some() && full && !self.is_dirty() {
             self.active = None;
         }
+        self.compact_front(storage)?;
         let mut deleted = 0;
         loop {
             let closed = self.segments.len() - usize::from(self.active.is_some());
-            match self.segments.front() {
-                Some(front) if closed > 0 && front.live == 0 => {
-                    storage.remove_file(&self.dir.join(segment_name(front.id)))?;
-                    self.segments.pop_front();
-                    deleted += 1;
-                }
-                _ => return Ok(deleted),
-            }
+            let Some(front) = self.segments.front() else {
+                return Ok(deleted);
+            };
+            // The oldest goes once nothing in it is live; the one after a compacted oldest
+            // goes once nothing in it is live if it was closed before the rewrite.
+            let victim = if closed > 0 && front.live == 0 {
+                0
+            } else if closed > 1
+                && self.segments[1].live == 0
+                && front
+                    .compacted_below
+                    .is_some_and(|b| self.segments[1].id < b)
+            {
+                1
+            } else {
+                return Ok(deleted);
+            };
+            let id = self.segments[victim].id;
+            storage.remove_file(&self.dir.join(segment_name(id)))?;
+            self.segments.remove(victim);
+            deleted += 1;
         }
+    }
+
+    /// Rewrites the oldest segment with only its live messages when that frees the next one
+    /// (the trigger is documented in `compact`).
+    fn compact_front(&mut self, storage: &dyn Storage) -> io::Result<()> {
+        let closed = self.segments.len() - usize::from(self.active.is_some());
+        if closed < 2 {
+            return Ok(());
+        }
+        let (front, next) = (&self.segments[0], &self.segments[1]);
+        let below = match &self.active {
+            Some(_) => self.segments.back().map_or(self.next_segment_id, |s| s.id),
+            None => self.next_segment_id,
+        };
+        // Once compacted, the segment holds live messages only and is rewritten again (to carry
+        // newer delivered marks and drop newly settled ones) whenever that frees the next one.
+        let mostly_dead = match front.compacted_below {
+            None => front.live * 4 <= front.messages,
+            Some(b) => next.id >= b,
+        };
+        let worth_it = front.live > 0 && next.live == 0 && mostly_dead;
+        if !worth_it {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(front.id));
+        let bytes = storage.read(&path)?;
+        let out = compact::rewrite(&bytes, front.first_seq, &front.settled, &front.delivered);
+        storage.replace(&path, &out)?;
+        tracing::debug!(
+            segment = %path.display(),
+            before = bytes.len(),
+            after = out.len(),
+            live = front.live,
+            "compacted the oldest segment"
+        );
+        let front = &mut self.segments[0];
+        front.bytes = out.len() as u64;
+        front.messages = front.live;
+        front.compacted_below = Some(below);
+        Ok(())
     }
 }

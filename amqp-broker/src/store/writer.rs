@@ -45,9 +45,16 @@ pub(crate) enum Request {
         record: Vec<u8>,
     },
     /// An encoded `D` record.
-    Delivered { queue: u64, record: Vec<u8> },
+    Delivered {
+        queue: u64,
+        seq: u64,
+        record: Vec<u8>,
+    },
     /// Answer once everything before it is synced.
     AfterSync(Waiter),
+    /// Hand every record sent before to the OS (not a sync), then answer: a queue reading
+    /// back a paged-out message that is not in its file yet waits for this.
+    Flush(std::sync::mpsc::Sender<()>),
     /// The queue was deleted: remove its directory.
     DropQueue(u64),
     /// Sync everything, then stop and say so.
@@ -158,6 +165,11 @@ impl Writer {
             }
             return;
         }
+        if let Request::Flush(done) = request {
+            self.write_all();
+            let _ = done.send(());
+            return;
+        }
         if self.failed().is_some() {
             return;
         }
@@ -176,8 +188,10 @@ impl Writer {
                 Some(log) => log.settled(&*storage, seq, &record).map_err(|e| (queue, e)),
                 None => Ok(()),
             },
-            Request::Delivered { queue, record } => match self.queues.get_mut(&queue) {
-                Some(log) => log.delivered(&*storage, &record).map_err(|e| (queue, e)),
+            Request::Delivered { queue, seq, record } => match self.queues.get_mut(&queue) {
+                Some(log) => log
+                    .delivered(&*storage, seq, &record)
+                    .map_err(|e| (queue, e)),
                 None => Ok(()),
             },
             Request::DropQueue(queue) => {
@@ -188,7 +202,9 @@ impl Writer {
                 }
                 Ok(())
             }
-            Request::AfterSync(_) | Request::Close(_) => unreachable!("handled above"),
+            Request::AfterSync(_) | Request::Flush(_) | Request::Close(_) => {
+                unreachable!("handled above")
+            }
         };
         if let Err((queue, e)) = result {
             self.fail(format!("cannot append to the log of queue #{queue}: {e}"));

@@ -128,6 +128,35 @@ mod tests {
     }
 
     #[test]
+    fn the_delayed_log_keeps_its_unsettled_delayed_messages() {
+        let mut seg = SEGMENT_MAGIC.to_vec();
+        for seq in 5..8 {
+            let msg = crate::message::Message {
+                exchange: "dx".into(),
+                routing_key: "k".into(),
+                properties: BasicProperties::default(),
+                body: bytes::Bytes::from(format!("d{seq}")),
+            };
+            let payload = format::delayed_payload(1_000 + seq, &["k".into()], seq, &msg);
+            format::frame(&mut seg, tag::DELAYED, |b| b.extend_from_slice(&payload));
+        }
+        format::put_seq(&mut seg, tag::SETTLED, 6);
+        let mut settled = Bits::default();
+        settled.set(1); // 6
+        let out = rewrite(&seg, 5, &settled, &Bits::default());
+        let found: Vec<(u8, u64)> = format::scan(&out, 8)
+            .into_iter()
+            .map(|s| match s {
+                Scanned::Record { tag, payload, .. } => {
+                    (tag, format::delayed_key(payload).unwrap().1)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(found, [(b'T', 5), (b'T', 7)]);
+    }
+
+    #[test]
     fn bits_grow_as_needed() {
         let mut b = Bits::default();
         assert!(!b.get(1000));

@@ -113,3 +113,35 @@ async fn a_crash_at_any_sync_while_a_delayed_message_is_routed_never_loses_it() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_delayed_message_routed_before_a_restart_is_not_routed_again_after_it() {
+    let mem = MemStorage::new();
+    {
+        let (v, store) = open(&mem);
+        topology(&v);
+        let msg = Message {
+            exchange: "dx".into(),
+            routing_key: "k".into(),
+            properties: BasicProperties::default().with_delivery_mode(2),
+            body: Bytes::from_static(b"once"),
+        };
+        let delay = Delay {
+            delay: Duration::from_millis(20),
+            durable: true,
+        };
+        assert_eq!(v.schedule_delayed(&["k".into()], &msg, delay), Ok(true));
+        sync(&store).unwrap();
+        assert_eq!(ready(&v, 1).await, 1, "routed when due");
+        // The routing (queue record) and the settled `A` record of the delayed log.
+        sync(&store).unwrap();
+        sync(&store).unwrap();
+    }
+    let (v, _store) = open(&mem.restart());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ready(&v, 2).await,
+        1,
+        "the message routed before the restart is in the queue once, not routed again"
+    );
+}

@@ -34,9 +34,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::ExchangeKind;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -201,7 +201,13 @@ fn plan(mechanism: DelayMechanism, target: Target<'_>, ms: u64) -> (Route, Vec<D
                 .dead_letter_routing_key(queue);
             (route("", &name, None), vec![wait.into()])
         }
-        (DelayMechanism::WaitQueues, Target::Send { exchange, routing_key }) => {
+        (
+            DelayMechanism::WaitQueues,
+            Target::Send {
+                exchange,
+                routing_key,
+            },
+        ) => {
             let name = if exchange.is_empty() {
                 format!("amqp-core.delay.{ms}")
             } else {
@@ -214,14 +220,27 @@ fn plan(mechanism: DelayMechanism, target: Target<'_>, ms: u64) -> (Route, Vec<D
             ];
             (route(&name, routing_key, None), declarations)
         }
-        (_, Target::Retry { queue: key } | Target::Send { exchange: "", routing_key: key }) => {
+        (
+            _,
+            Target::Retry { queue: key }
+            | Target::Send {
+                exchange: "",
+                routing_key: key,
+            },
+        ) => {
             let declarations = vec![
                 delayed(DELAYED_DIRECT, "direct").into(),
                 Binding::queue(key).to(DELAYED_DIRECT).key(key).into(),
             ];
             (route(DELAYED_DIRECT, key, x_delay), declarations)
         }
-        (_, Target::Send { exchange, routing_key }) => {
+        (
+            _,
+            Target::Send {
+                exchange,
+                routing_key,
+            },
+        ) => {
             let name = format!("{DELAYED_DIRECT}.{exchange}");
             let declarations = vec![
                 delayed(&name, "fanout").into(),

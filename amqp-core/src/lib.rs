@@ -46,8 +46,8 @@ pub use app::{App, RunningApp};
 pub use breaker::CircuitBreaker;
 pub use connection::{Connection, ConnectionFactory};
 pub use converter::{JsonConverter, MessageConverter};
-pub use delay::DelayMechanism;
 pub use declare::{Binding, Declarable, Declarables, Exchange, ExchangeType, Queue, text};
+pub use delay::DelayMechanism;
 pub use error::{Error, Result};
 pub use extract::{Delivery, FromDelivery, HandlerFn, IntoOutcome, Outcome, State, StateMap};
 pub use listener::{

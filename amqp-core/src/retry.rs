@@ -129,7 +129,9 @@ impl Retry {
     /// What is wrong with the policy, if anything (checked when the listener starts).
     pub(crate) fn check(&self) -> Result<(), String> {
         if self.max_attempts == 0 {
-            return Err("max_attempts must be at least 1 (1: no retry, failures go to the dlq)".into());
+            return Err(
+                "max_attempts must be at least 1 (1: no retry, failures go to the dlq)".into(),
+            );
         }
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
             return Err(format!(
@@ -192,7 +194,9 @@ mod tests {
             .initial(Duration::from_millis(100))
             .multiplier(3.0)
             .max(Duration::from_secs(2));
-        let delays: Vec<u64> = (1..=5).map(|n| r.delay_after(n).as_millis() as u64).collect();
+        let delays: Vec<u64> = (1..=5)
+            .map(|n| r.delay_after(n).as_millis() as u64)
+            .collect();
         assert_eq!(delays, [100, 300, 900, 2000, 2000]);
     }
 
@@ -202,7 +206,12 @@ mod tests {
         assert!(Retry::attempts(3).multiplier(0.5).check().is_err());
         assert!(Retry::attempts(3).multiplier(f64::NAN).check().is_err());
         assert!(Retry::attempts(3).initial(Duration::ZERO).check().is_err());
-        assert!(Retry::attempts(3).initial(Duration::from_secs(20)).check().is_err());
+        assert!(
+            Retry::attempts(3)
+                .initial(Duration::from_secs(20))
+                .check()
+                .is_err()
+        );
         assert!(Retry::attempts(3).check().is_ok());
     }
 

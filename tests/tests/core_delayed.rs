@@ -38,7 +38,10 @@ async fn connect(b: &TestBroker, mechanism: DelayMechanism) -> Connection {
 /// What a listener saw: the payload, when, its routing key, its delivery mode.
 type Arrival = (Check, Instant, String, Option<u8>);
 
-async fn listen(conn: &Connection, queue: &str) -> (amqp_core::ListenerHandle, mpsc::UnboundedReceiver<Arrival>) {
+async fn listen(
+    conn: &Connection,
+    queue: &str,
+) -> (amqp_core::ListenerHandle, mpsc::UnboundedReceiver<Arrival>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Listener::on(queue)
         .handler_with_metadata(move |c: Check, meta: Metadata| {
@@ -64,14 +67,42 @@ async fn arrival(rx: &mut mpsc::UnboundedReceiver<Arrival>) -> Arrival {
         .expect("the listener lives")
 }
 
+/// When a send began and when it returned (the broker took the message in between).
+type Sent = (Instant, Instant);
+
+/// Sends with a delay, noting when the call began and returned.
+async fn send_delayed(
+    template: &Template,
+    exchange: &str,
+    key: &str,
+    check: Check,
+    delay: Duration,
+) -> Sent {
+    let began = Instant::now();
+    template
+        .convert_and_send_delayed(exchange, key, &check, delay)
+        .await
+        .expect("delayed send");
+    (began, Instant::now())
+}
+
+/// No earlier than the delay after the send began, and no more than [`SLACK`] later than the
+/// delay after it returned.
 #[track_caller]
-fn assert_on_time(sent: Instant, arrived: Instant, delay: Duration) {
-    let took = arrived - sent;
-    eprintln!("delay {delay:?}: arrived after {took:?}");
-    assert!(took >= delay, "arrived after {took:?}, before its delay of {delay:?}");
+fn assert_on_time((began, returned): Sent, arrived: Instant, delay: Duration) {
+    let since_began = arrived - began;
+    let since_returned = arrived.saturating_duration_since(returned);
+    eprintln!(
+        "delay {delay:?}: arrived {since_returned:?} after the send returned ({:?} after it began)",
+        since_began
+    );
     assert!(
-        took <= delay + SLACK,
-        "arrived after {took:?}, more than {SLACK:?} late for {delay:?}"
+        since_began >= delay,
+        "arrived {since_began:?} after the send began, before its delay of {delay:?}"
+    );
+    assert!(
+        since_returned <= delay + SLACK,
+        "arrived {since_returned:?} after the send returned, more than {SLACK:?} late for {delay:?}"
     );
 }
 
@@ -93,11 +124,14 @@ async fn through_an_exchange(b: &TestBroker, mechanism: DelayMechanism) {
     let (listener, mut arrivals) = listen(&conn, &queue).await;
     let template = Template::new(conn.clone());
     let delay = Duration::from_millis(1200);
-    let sent = Instant::now();
-    template
-        .convert_and_send_delayed(&exchange, "order.check", &Check { order: 1 }, delay)
-        .await
-        .expect("delayed send");
+    let sent = send_delayed(
+        &template,
+        &exchange,
+        "order.check",
+        Check { order: 1 },
+        delay,
+    )
+    .await;
     let (check, at, routing_key, mode) = arrival(&mut arrivals).await;
     assert_eq!(check, Check { order: 1 });
     assert_on_time(sent, at, delay);
@@ -113,24 +147,23 @@ async fn through_an_exchange(b: &TestBroker, mechanism: DelayMechanism) {
 async fn to_a_queue(b: &TestBroker, mechanism: DelayMechanism) {
     let conn = connect(b, mechanism).await;
     let queue = unique("core.delayed.q");
-    conn.declare(Queue::transient(&queue)).await.expect("declare");
+    conn.declare(Queue::transient(&queue))
+        .await
+        .expect("declare");
     let (listener, mut arrivals) = listen(&conn, &queue).await;
     let template = Template::new(conn.clone());
     let (long, short) = (Duration::from_millis(1500), Duration::from_millis(600));
-    let sent = Instant::now();
-    template
-        .convert_and_send_delayed("", &queue, &Check { order: 2 }, long)
-        .await
-        .expect("delayed send");
-    template
-        .convert_and_send_delayed("", &queue, &Check { order: 3 }, short)
-        .await
-        .expect("delayed send");
+    let sent_long = send_delayed(&template, "", &queue, Check { order: 2 }, long).await;
+    let sent_short = send_delayed(&template, "", &queue, Check { order: 3 }, short).await;
     let (first, first_at, routing_key, _) = arrival(&mut arrivals).await;
     let (second, second_at, _, _) = arrival(&mut arrivals).await;
-    assert_eq!((first.order, second.order), (3, 2), "the shorter delay comes first");
-    assert_on_time(sent, first_at, short);
-    assert_on_time(sent, second_at, long);
+    assert_eq!(
+        (first.order, second.order),
+        (3, 2),
+        "the shorter delay comes first"
+    );
+    assert_on_time(sent_short, first_at, short);
+    assert_on_time(sent_long, second_at, long);
     assert_eq!(routing_key, queue);
     listener.shutdown().await;
     clean_up(b, &[queue], &[]).await;

@@ -15,8 +15,8 @@ use amqp_core::retry::{
 };
 use amqp_core::types::AMQPValue;
 use amqp_core::{
-    AckMode, Binding, Connection, ConnectionFactory, DelayMechanism, Disposition,
-    ErrorDisposition, Exchange, Listener, ListenerError, Message, Metadata, Queue, Retry, Template,
+    AckMode, Binding, Connection, ConnectionFactory, DelayMechanism, Disposition, ErrorDisposition,
+    Exchange, Listener, ListenerError, Message, Metadata, Queue, Retry, Template,
 };
 use common::{QUIET, within};
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -105,10 +105,15 @@ async fn clean_up(b: &TestBroker, exchange: &str, queue: &str, retry: &Retry) {
     let (_c, ch) = common::open(b).await;
     let mut queues = vec![queue.to_owned(), dead_letter_queue(queue)];
     for n in 1..retry.max_attempts() {
-        queues.push(format!("{queue}.retry.{}", retry.delay_after(n).as_millis()));
+        queues.push(format!(
+            "{queue}.retry.{}",
+            retry.delay_after(n).as_millis()
+        ));
     }
     for q in queues {
-        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     let _ = ch
         .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
@@ -208,7 +213,11 @@ async fn fails_twice_then_succeeds(b: &TestBroker, mechanism: DelayMechanism) {
     );
     listener.shutdown().await;
     assert_eq!(ready(b, &queue).await, 0, "acked: the queue is empty");
-    assert_eq!(ready(b, &dead_letter_queue(&queue)).await, 0, "nothing in the dlq");
+    assert_eq!(
+        ready(b, &dead_letter_queue(&queue)).await,
+        0,
+        "nothing in the dlq"
+    );
     clean_up(b, &exchange, &queue, &retry).await;
     conn.close().await;
 }
@@ -247,7 +256,10 @@ async fn always_failing_ends_in_the_dlq(b: &TestBroker, mechanism: DelayMechanis
     tokio::time::sleep(QUIET).await;
     assert_eq!(calls.lock().len(), 3, "max_attempts calls, no more");
     assert_eq!(header_int(&dead, ATTEMPT_HEADER), 3);
-    assert_eq!(header_str(&dead, EXCEPTION_MESSAGE_HEADER), "payment gateway down");
+    assert_eq!(
+        header_str(&dead, EXCEPTION_MESSAGE_HEADER),
+        "payment gateway down"
+    );
     assert!(
         header_str(&dead, EXCEPTION_TYPE_HEADER).ends_with("PaymentError"),
         "{}",
@@ -315,9 +327,16 @@ async fn permanent_errors_skip_the_retries(b: &TestBroker, mechanism: DelayMecha
         .expect("receive")
         .expect("the undecodable message reaches the dlq");
     assert_eq!(dead.body, b"not json");
-    assert_eq!(header_str(&dead, EXCEPTION_TYPE_HEADER), "amqp_core::error::Error");
+    assert_eq!(
+        header_str(&dead, EXCEPTION_TYPE_HEADER),
+        "amqp_core::error::Error"
+    );
     tokio::time::sleep(QUIET).await;
-    assert_eq!(calls.lock().len(), 2, "one call each; the undecodable one none");
+    assert_eq!(
+        calls.lock().len(),
+        2,
+        "one call each; the undecodable one none"
+    );
     listener.shutdown().await;
     clean_up(b, &exchange, &queue, &retry).await;
     conn.close().await;
@@ -359,7 +378,10 @@ async fn delay_mechanism_is_detected(b: TestBroker) {
     };
     assert_eq!(conn.delay_mechanism().await.expect("detects"), expected);
     assert_eq!(conn.delay_mechanism().await.expect("remembers"), expected);
-    assert!(conn.is_connected(), "the application's connection is untouched");
+    assert!(
+        conn.is_connected(),
+        "the application's connection is untouched"
+    );
     let q = unique("core.retry.after-probe");
     conn.declare(Queue::transient(&q).auto_delete())
         .await

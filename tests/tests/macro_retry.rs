@@ -70,7 +70,13 @@ async fn retry_attribute_end_to_end(b: TestBroker) {
     let app = within("the app to start", TestApp::start_with(app))
         .await
         .expect("the app starts");
-    for job in [Job { id: 1, failures: 1 }, Job { id: 2, failures: 10 }] {
+    for job in [
+        Job { id: 1, failures: 1 },
+        Job {
+            id: 2,
+            failures: 10,
+        },
+    ] {
         app.template()
             .convert_and_send("", QUEUE, &job)
             .await
@@ -99,12 +105,11 @@ async fn retry_attribute_end_to_end(b: TestBroker) {
     assert_eq!(calls.len(), 5, "job 1 twice, job 2 three times");
     assert_eq!(attempts.0[1].load(Ordering::SeqCst), 2);
     assert_eq!(attempts.0[2].load(Ordering::SeqCst), 3);
-    let left = app
-        .template()
-        .receive(&dlq, QUIET)
-        .await
-        .expect("receive");
-    assert!(left.is_none(), "job 1 succeeded on its retry: not in the dlq");
+    let left = app.template().receive(&dlq, QUIET).await.expect("receive");
+    assert!(
+        left.is_none(),
+        "job 1 succeeded on its retry: not in the dlq"
+    );
     app.shutdown().await;
     delete(&b).await;
     b.shutdown().await;

@@ -35,11 +35,11 @@ pub use self::handler::{Acker, Disposition, ErrorDisposition, ListenerError};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::connection::Connection;
 use crate::converter::{JsonConverter, MessageConverter};
+use crate::declare::Queue;
 use crate::error::Result;
 use crate::extract::{HandlerFn, StateMap};
 use crate::idempotent::Idempotency;
 use crate::message::Metadata;
-use crate::declare::Queue;
 use crate::rate::{Rate, TokenBucket};
 use crate::retry::Retry;
 

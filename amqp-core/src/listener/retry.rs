@@ -50,12 +50,24 @@ pub(crate) async fn settle(
 ) -> &'static str {
     let mut headers = failed.properties.headers().clone().unwrap_or_default();
     let attempts = attempts_of(Some(&headers)).saturating_add(1);
-    set(&mut headers, ATTEMPT_HEADER, AMQPValue::LongLongInt(attempts.into()));
+    set(
+        &mut headers,
+        ATTEMPT_HEADER,
+        AMQPValue::LongLongInt(attempts.into()),
+    );
     // The first failure records where the message came from; retries arrive from the delay
     // mechanism, so later ones keep what is there.
     if !headers.inner().contains_key(ORIGINAL_EXCHANGE_HEADER) {
-        set(&mut headers, ORIGINAL_EXCHANGE_HEADER, text(&failed.exchange));
-        set(&mut headers, ORIGINAL_ROUTING_KEY_HEADER, text(&failed.routing_key));
+        set(
+            &mut headers,
+            ORIGINAL_EXCHANGE_HEADER,
+            text(&failed.exchange),
+        );
+        set(
+            &mut headers,
+            ORIGINAL_ROUTING_KEY_HEADER,
+            text(&failed.routing_key),
+        );
     }
     let spent = attempts >= policy.max_attempts();
     let (label, published) = if failure.permanent || spent {
@@ -70,7 +82,10 @@ pub(crate) async fn settle(
         tracing::info!(queue = %ctx.queue, attempts, "failed, retrying in {delay:?}: {}", failure.text);
         let target = Target::Retry { queue: &ctx.queue };
         let message = message(failed, headers);
-        ("retried", ctx.replies.send_via_delay(target, message, delay).await)
+        (
+            "retried",
+            ctx.replies.send_via_delay(target, message, delay).await,
+        )
     };
     match published {
         Ok(()) => {

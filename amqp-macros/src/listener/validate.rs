@@ -199,7 +199,9 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
     }
 
     let retry = v.table(Key::Retry).map(|table| retry(table, errors));
-    if let (Some(_), Some(Ack::Manual | Ack::None), Some(ident)) = (&retry, ack, v.ident(Key::Retry)) {
+    if let (Some(_), Some(Ack::Manual | Ack::None), Some(ident)) =
+        (&retry, ack, v.ident(Key::Retry))
+    {
         errors.spanned(
             ident,
             "retry re-publishes a failed message and then acks it, so it needs `ack = \"auto\"`: remove `ack = ...` or `retry(...)`",

@@ -145,6 +145,11 @@ impl Delays {
         Ok(*detected)
     }
 
+    /// Forgets that a route was declared, so that its next use declares it again.
+    pub(crate) fn forget(&self, route: &Route) {
+        self.declared.lock().remove(&route.key());
+    }
+
     /// Declares what `target` needs for `delay` (unless done recently on this connection) and
     /// says where to publish.
     pub(crate) async fn route(
@@ -156,7 +161,7 @@ impl Delays {
         let mechanism = self.mechanism(conn).await?;
         let ms = delay.as_millis().min(crate::retry::MAX_DELAY.as_millis()) as u64;
         let (route, declarations) = plan(mechanism, target, ms);
-        let key = format!("{}\n{}", route.exchange, route.routing_key);
+        let key = route.key();
         let fresh = |(generation, at): &(u64, Instant)| {
             conn.generation() == Some(*generation) && at.elapsed() < REDECLARE_AFTER
         };
@@ -248,6 +253,13 @@ fn plan(mechanism: DelayMechanism, target: Target<'_>, ms: u64) -> (Route, Vec<D
             ];
             (route(&name, routing_key, x_delay), declarations)
         }
+    }
+}
+
+impl Route {
+    /// What the declared-routes table knows it by.
+    fn key(&self) -> String {
+        format!("{}\n{}", self.exchange, self.routing_key)
     }
 }
 

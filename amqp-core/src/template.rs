@@ -20,8 +20,11 @@ use tokio::time::Instant;
 use crate::connection::Connection;
 use crate::converter::{JsonConverter, MessageConverter};
 use crate::delay::Target;
-use crate::error::{Error, Result, is_connection_loss};
+use crate::error::{Error, Result, is_connection_loss, reply_code};
 use crate::message::{Message, TYPE_ID_HEADER};
+
+/// AMQP's reply code for a missing exchange or queue.
+const NOT_FOUND: u16 = 404;
 
 /// The header that tells a delayed-message exchange how long to hold a message (ms).
 const X_DELAY: &str = "x-delay";
@@ -268,7 +271,30 @@ impl<C: MessageConverter> Template<C> {
             headers.insert(X_DELAY.into(), AMQPValue::LongLongInt(ms));
             message.properties = message.properties.with_headers(headers);
         }
-        self.send_with(&route.exchange, &route.routing_key, message, false)
+        // A wait queue always takes the message, so mandatory tells us at once if it is gone
+        // (the delayed-message plugin does not support mandatory: it routes later).
+        let mandatory = route.x_delay.is_none();
+        let sent = self
+            .send_with(
+                &route.exchange,
+                &route.routing_key,
+                message.clone(),
+                mandatory,
+            )
+            .await;
+        let gone = match &sent {
+            Err(Error::Publish { source, .. }) => reply_code(source) == Some(NOT_FOUND),
+            Err(Error::Returned { .. }) => true,
+            _ => false,
+        };
+        if !gone {
+            return sent;
+        }
+        // The wait queue or exchange went away behind our back (deleted, or not durable across
+        // a broker restart): declare it again and publish once more.
+        conn.delays().forget(&route);
+        let route = conn.delays().route(conn, target, delay).await?;
+        self.send_with(&route.exchange, &route.routing_key, message, mandatory)
             .await
     }
 

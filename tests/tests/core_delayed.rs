@@ -215,7 +215,65 @@ async fn too_long_a_delay_is_refused(b: TestBroker) {
     conn.close().await;
 }
 
+/// A wait queue that went away is declared again: found missing by the send itself, and after
+/// the connection recovers (here deleted meanwhile, as one lost by the broker would be).
+async fn delayed_send_redeclares_after_recovery(b: TestBroker) {
+    let name = unique("core.delayed.recovery");
+    let factory = ConnectionFactory::new(b.url())
+        .connection_name(&name)
+        .delay_mechanism(DelayMechanism::WaitQueues)
+        .recovery_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let conn = within("connect", factory.connect()).await.expect("connect");
+    let queue = unique("core.delayed.q");
+    conn.declare(Queue::transient(&queue))
+        .await
+        .expect("declare");
+    let (listener, mut arrivals) = listen(&conn, &queue).await;
+    let template = Template::new(conn.clone());
+    // An odd delay, so that no other test shares the wait queue.
+    let delay = Duration::from_millis(317);
+    let wait_queue = format!("amqp-core.delay.{}", delay.as_millis());
+    send_delayed(&template, "", &queue, Check { order: 1 }, delay).await;
+    assert_eq!(arrival(&mut arrivals).await.0, Check { order: 1 });
+
+    // Deleted on the same connection: the send finds it gone (mandatory, or 404) and declares
+    // it again.
+    clean_up(
+        &b,
+        std::slice::from_ref(&wait_queue),
+        std::slice::from_ref(&wait_queue),
+    )
+    .await;
+    let sent = send_delayed(&template, "", &queue, Check { order: 2 }, delay).await;
+    let (check, at, _, _) = arrival(&mut arrivals).await;
+    assert_eq!(check, Check { order: 2 });
+    assert_on_time(sent, at, delay);
+
+    clean_up(
+        &b,
+        std::slice::from_ref(&wait_queue),
+        std::slice::from_ref(&wait_queue),
+    )
+    .await;
+    assert_eq!(b.close_connections_named(&name).await, 1);
+    within("the connection to recover", async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while !conn.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let sent = send_delayed(&template, "", &queue, Check { order: 3 }, delay).await;
+    let (check, at, _, _) = arrival(&mut arrivals).await;
+    assert_eq!(check, Check { order: 3 });
+    assert_on_time(sent, at, delay);
+    listener.shutdown().await;
+    clean_up(&b, &[queue, wait_queue.clone()], &[wait_queue]).await;
+    conn.close().await;
+}
+
 conformance!(
+    delayed_send_redeclares_after_recovery,
     delayed_send_through_an_exchange,
     delayed_send_through_an_exchange_with_wait_queues,
     delayed_send_to_a_queue,

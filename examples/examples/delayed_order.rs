@@ -47,6 +47,7 @@ pub enum Status {
 }
 
 /// The shop's orders (a database in a real application), and who to tell about each check.
+#[derive(Debug)]
 pub struct Shop {
     orders: Mutex<BTreeMap<u64, (Status, Instant)>>,
     checked: UnboundedSender<(u64, Duration)>,

@@ -47,6 +47,21 @@ use crate::error::{Error, Result};
 
 /// How delayed messages (delayed sends, listener retries) wait in the broker.
 ///
+/// - **Delayed exchange**: published with an `x-delay` header to `amqp-core.delayed`
+///   (`x-delayed-type = direct`; each target queue bound by its own name) for retries and sends
+///   to the default exchange, or to `amqp-core.delayed.<exchange>` (`x-delayed-type = fanout`,
+///   bound to `<exchange>`) for sends to a named exchange, keeping the routing key.
+/// - **Wait queues**: retries wait in `<queue>.retry.<ms>`, which dead-letters to the default
+///   exchange with `x-dead-letter-routing-key = <queue>`; sends go through a fanout exchange
+///   `amqp-core.delay.<ms>.<exchange>` (`amqp-core.delay.<ms>` for the default exchange) into a
+///   queue of the same name that dead-letters to `<exchange>`, keeping the routing key. One queue
+///   per distinct delay, so messages expire in order, on time. Each has `x-expires` (the delay
+///   plus a minute; re-declared at least every 30 s while in use, and after a reconnection), so
+///   unused ones go away. A send that finds its wait queue gone declares it again.
+///
+/// Detection asks the broker on a scratch connection, since RabbitMQ answers a declaration of
+/// an unknown exchange type with 503 COMMAND_INVALID, which closes the connection.
+///
 /// # Examples
 ///
 /// ```

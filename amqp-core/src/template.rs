@@ -195,7 +195,7 @@ impl<C: MessageConverter> Template<C> {
     /// The connection's [`DelayMechanism`](crate::DelayMechanism) says how it waits: in the
     /// broker's `x-delayed-message` exchange when it has one, or else in a TTL wait queue per
     /// distinct delay (and exchange) that dead-letters to `exchange` with the message's own
-    /// routing key (see the `delay` module docs for the names). Either way the wait happens in
+    /// routing key (the names are listed there). Either way the wait happens in
     /// the broker, so a persistent message waiting in a durable wait queue survives a broker
     /// restart, and the sender may exit.
     ///

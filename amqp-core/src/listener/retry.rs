@@ -12,6 +12,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
+use super::handler::{Disposition, ListenerError};
 use super::worker::Context;
 use crate::delay::Target;
 use crate::message::Message;
@@ -37,6 +38,26 @@ pub(crate) struct Failure {
     pub type_name: &'static str,
     /// Straight to the dlq, whatever the attempts left.
     pub permanent: bool,
+}
+
+impl Failure {
+    /// A handler's error: permanent when it says [`Disposition::Reject`].
+    pub(crate) fn handler(e: &ListenerError) -> Self {
+        Self {
+            text: e.to_string(),
+            type_name: e.type_name(),
+            permanent: e.disposition() == Disposition::Reject,
+        }
+    }
+
+    /// A body that does not convert: permanent, it will not convert next time either.
+    pub(crate) fn undecodable(e: &crate::Error) -> Self {
+        Self {
+            text: e.to_string(),
+            type_name: std::any::type_name::<crate::Error>(),
+            permanent: true,
+        }
+    }
 }
 
 /// Re-publishes a failed delivery for another attempt or to the dlq, then acks it. Returns the

@@ -14,7 +14,7 @@ use lapin::types::FieldTable;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use super::handler::{Acker, Disposition};
+use super::handler::Acker;
 use super::{AckMode, retry};
 use crate::breaker::Breaker;
 use crate::connection::Connection;
@@ -363,6 +363,12 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
         let mut label = label;
         if ctx.ack_mode == AckMode::Auto {
             let retry = ctx.retry.as_ref().zip(kept_body);
+            let failed = |body| retry::Failed {
+                body,
+                properties: d.properties,
+                exchange: d.exchange.to_string(),
+                routing_key: d.routing_key.to_string(),
+            };
             let acked = match (outcome, retry) {
                 (Outcome::Done(_), _) => d.acker.ack(BasicAckOptions::default()).await,
                 (Outcome::Failed(e), _) if e.should_requeue() => {
@@ -371,28 +377,14 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
                 (Outcome::Failed(_) | Outcome::Undecodable(_), None) => {
                     d.acker.reject(BasicRejectOptions { requeue: false }).await
                 }
-                (failed, Some((policy, body))) => {
-                    let failure = match failed {
-                        Outcome::Failed(e) => retry::Failure {
-                            text: e.to_string(),
-                            type_name: e.type_name(),
-                            permanent: e.disposition() == Disposition::Reject,
-                        },
-                        // A body that does not convert will not convert next time either.
-                        Outcome::Undecodable(e) => retry::Failure {
-                            text: e.to_string(),
-                            type_name: std::any::type_name::<crate::Error>(),
-                            permanent: true,
-                        },
-                        Outcome::Done(_) => unreachable!("handled by the first arm"),
-                    };
-                    let failed = retry::Failed {
-                        body,
-                        properties: d.properties,
-                        exchange: d.exchange.to_string(),
-                        routing_key: d.routing_key.to_string(),
-                    };
-                    label = retry::settle(ctx, policy, d.acker, failed, failure).await;
+                (Outcome::Failed(e), Some((policy, body))) => {
+                    let failure = retry::Failure::handler(&e);
+                    label = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
+                    Ok(true)
+                }
+                (Outcome::Undecodable(e), Some((policy, body))) => {
+                    let failure = retry::Failure::undecodable(&e);
+                    label = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
                     Ok(true)
                 }
             };

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::declare::{Declarable, Declarables};
+use crate::delay::{DelayMechanism, Delays};
 use crate::error::{Error, Result};
 
 /// How to reach the broker and how to recover.
@@ -23,6 +24,8 @@ pub struct ConnectionFactory {
     initial_backoff: Duration,
     max_backoff: Duration,
     unreachable_after: Duration,
+    /// How delayed sends and retries wait in the broker.
+    delay_mechanism: DelayMechanism,
 }
 
 impl ConnectionFactory {
@@ -44,6 +47,7 @@ impl ConnectionFactory {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             unreachable_after: Duration::from_secs(10),
+            delay_mechanism: DelayMechanism::Auto,
         }
     }
 
@@ -74,15 +78,23 @@ impl ConnectionFactory {
         self
     }
 
+    /// How delayed sends and listener retries wait in the broker (default
+    /// [`DelayMechanism::Auto`]: detected once per connection).
+    pub fn delay_mechanism(mut self, mechanism: DelayMechanism) -> Self {
+        self.delay_mechanism = mechanism;
+        self
+    }
+
     /// Connects, waiting up to [`unreachable_after`](Self::unreachable_after) for the first
     /// connection; from then on the connection recovers by itself until [`Connection::close`].
     pub async fn connect(self) -> Result<Connection> {
         let (state, _) = watch::channel(Link::Connecting);
         let shared = Arc::new(Shared {
-            factory: self,
             state,
             declarations: Mutex::new(Vec::new()),
             last_error: Mutex::new("not connected yet".into()),
+            delays: Delays::new(self.delay_mechanism),
+            factory: self,
         });
         let conn = Connection {
             shared: shared.clone(),
@@ -93,7 +105,7 @@ impl ConnectionFactory {
     }
 
     /// The URLs with their passwords hidden, for messages.
-    fn display_addresses(&self) -> String {
+    pub(crate) fn display_addresses(&self) -> String {
         self.addresses
             .iter()
             .map(|a| hide_password(a))
@@ -137,6 +149,8 @@ struct Shared {
     declarations: Mutex<Vec<Declarable>>,
     /// The last connection error, for [`Error::Unreachable`].
     last_error: Mutex<String>,
+    /// The delay mechanism once known, and the delay routes declared.
+    delays: Delays,
 }
 
 /// The state of the underlying connection.
@@ -227,6 +241,24 @@ impl Connection {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
+        }
+    }
+
+    /// The delay mechanism this connection uses for delayed sends and listener retries: as
+    /// configured, or (for [`DelayMechanism::Auto`]) detected on first use, once.
+    pub async fn delay_mechanism(&self) -> Result<DelayMechanism> {
+        self.shared.delays.mechanism(self).await
+    }
+
+    pub(crate) fn delays(&self) -> &Delays {
+        &self.shared.delays
+    }
+
+    /// The generation of the connection that is up now, if one is.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        match &*self.shared.state.borrow() {
+            Link::Up { conn, generation } if conn.status().connected() => Some(*generation),
+            _ => None,
         }
     }
 
@@ -414,7 +446,7 @@ async fn wait_or_closed(shared: &Shared, d: Duration) -> bool {
 }
 
 /// Tries each address in turn; the error of the last one if none answers.
-async fn connect_any(
+pub(crate) async fn connect_any(
     factory: &ConnectionFactory,
 ) -> std::result::Result<lapin::Connection, String> {
     let mut last = String::from("no addresses configured");

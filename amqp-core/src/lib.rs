@@ -7,6 +7,8 @@
 //! - [`Exchange`], [`Queue`], [`Binding`]: declarations, applied at start and after recovery.
 //! - [`Listener`]: a listener container: prefetch, concurrency, ack by the handler's result,
 //!   graceful shutdown.
+//! - [`Retry`]: retry with back-off through the broker, then `<queue>.dlq`; and
+//!   [`Template::convert_and_send_delayed`] ([`DelayMechanism`]).
 //!
 //! With the `embedded-broker` feature (on by default) the bundled broker is at
 //! [`broker`], for tests and zero-set-up development.
@@ -21,6 +23,7 @@ mod breaker;
 mod connection;
 mod converter;
 mod declare;
+mod delay;
 mod error;
 mod extract;
 pub mod idempotent;
@@ -28,6 +31,7 @@ mod listener;
 mod message;
 pub mod outbox;
 mod rate;
+pub mod retry;
 mod template;
 #[cfg(feature = "embedded-broker")]
 pub mod testing;
@@ -43,11 +47,16 @@ pub use breaker::CircuitBreaker;
 pub use connection::{Connection, ConnectionFactory};
 pub use converter::{JsonConverter, MessageConverter};
 pub use declare::{Binding, Declarable, Declarables, Exchange, ExchangeType, Queue, text};
+pub use delay::DelayMechanism;
 pub use error::{Error, Result};
 pub use extract::{Delivery, FromDelivery, HandlerFn, IntoOutcome, Outcome, State, StateMap};
-pub use listener::{AckMode, Acker, Listener, ListenerBuilder, ListenerError, ListenerHandle};
+pub use listener::{
+    AckMode, Acker, Disposition, ErrorDisposition, Listener, ListenerBuilder, ListenerError,
+    ListenerHandle,
+};
 pub use message::{Message, Metadata, TYPE_ID_HEADER};
 pub use rate::{ParseRateError, Rate};
+pub use retry::Retry;
 pub use template::Template;
 
 /// Re-exports of the AMQP types that appear in this API.
@@ -62,6 +71,7 @@ pub mod __private {
     pub use crate::app::definition::{ArgValue, ListenerDefinition};
     pub use crate::breaker::circuit_breaker;
     pub use crate::rate::rate;
+    pub use crate::retry::retry;
     pub use futures::future::BoxFuture;
     pub use inventory;
 }

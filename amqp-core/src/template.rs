@@ -19,8 +19,15 @@ use tokio::time::Instant;
 
 use crate::connection::Connection;
 use crate::converter::{JsonConverter, MessageConverter};
-use crate::error::{Error, Result, is_connection_loss};
+use crate::delay::Target;
+use crate::error::{Error, Result, is_connection_loss, reply_code};
 use crate::message::{Message, TYPE_ID_HEADER};
+
+/// AMQP's reply code for a missing exchange or queue.
+const NOT_FOUND: u16 = 404;
+
+/// The header that tells a delayed-message exchange how long to hold a message (ms).
+const X_DELAY: &str = "x-delay";
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -176,11 +183,127 @@ impl<C: MessageConverter> Template<C> {
 
     /// Sends a message as it is (made persistent unless its delivery mode says otherwise) and
     /// waits for the broker's confirm.
-    pub async fn send(
+    pub async fn send(&self, exchange: &str, routing_key: &str, message: Message) -> Result<()> {
+        self.send_with(exchange, routing_key, message, self.inner.mandatory)
+            .await
+    }
+
+    /// Converts `payload` (as [`convert_and_send`](Self::convert_and_send) does, persistent by
+    /// default) and has the broker deliver it to `exchange` with `routing_key` once `delay` has
+    /// passed (to about 100 ms). `Ok` means the broker holds the message (publisher confirm).
+    ///
+    /// The connection's [`DelayMechanism`](crate::DelayMechanism) says how it waits: in the
+    /// broker's `x-delayed-message` exchange when it has one, or else in a TTL wait queue per
+    /// distinct delay (and exchange) that dead-letters to `exchange` with the message's own
+    /// routing key (the names are listed there). Either way the wait happens in
+    /// the broker, so a persistent message waiting in a durable wait queue survives a broker
+    /// restart, and the sender may exit.
+    ///
+    /// Delays longer than about 49.7 days (2³² − 1 ms, the brokers' limit) are refused. The
+    /// template's `mandatory` flag does not apply: a delayed message is routed when it is due.
+    /// With the delayed exchange, sending to the default exchange binds the target queue to
+    /// `amqp-core.delayed`, so that queue must exist (404 otherwise).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> amqp_core::Result<()> {
+    /// # let broker = amqp_core::broker::Broker::builder().port(0).start().await?;
+    /// use std::time::{Duration, Instant};
+    /// use amqp_core::{Connection, Queue, Template};
+    ///
+    /// let conn = Connection::connect(&broker.amqp_url()).await?;
+    /// conn.declare(Queue::durable("payment.checks")).await?;
+    /// let template = Template::new(conn);
+    /// let sent = Instant::now();
+    /// template
+    ///     .convert_and_send_delayed("", "payment.checks", &42, Duration::from_millis(300))
+    ///     .await?;
+    /// let got: Option<i32> = template.receive_and_convert("payment.checks", Duration::from_secs(5)).await?;
+    /// assert_eq!(got, Some(42));
+    /// assert!(sent.elapsed() >= Duration::from_millis(300));
+    /// # Ok(()) }
+    /// ```
+    pub async fn convert_and_send_delayed<T: Serialize + ?Sized>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &T,
+        delay: Duration,
+    ) -> Result<()> {
+        let message = self.message_for(payload)?;
+        self.send_delayed(exchange, routing_key, message, delay)
+            .await
+    }
+
+    /// [`convert_and_send_delayed`](Self::convert_and_send_delayed) for a message as it is.
+    pub async fn send_delayed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        delay: Duration,
+    ) -> Result<()> {
+        if delay > crate::retry::MAX_DELAY {
+            return Err(Error::Configuration(format!(
+                "a delay of {delay:?} for exchange '{exchange}', routing key '{routing_key}' is longer than brokers allow ({:?})",
+                crate::retry::MAX_DELAY
+            )));
+        }
+        let target = Target::Send {
+            exchange,
+            routing_key,
+        };
+        self.send_via_delay(target, message, delay).await
+    }
+
+    /// Publishes `message` to go where `target` says after `delay`.
+    pub(crate) async fn send_via_delay(
+        &self,
+        target: Target<'_>,
+        mut message: Message,
+        delay: Duration,
+    ) -> Result<()> {
+        let conn = &self.inner.conn;
+        let route = conn.delays().route(conn, target, delay).await?;
+        if let Some(ms) = route.x_delay {
+            let mut headers = message.properties.headers().clone().unwrap_or_default();
+            headers.insert(X_DELAY.into(), AMQPValue::LongLongInt(ms));
+            message.properties = message.properties.with_headers(headers);
+        }
+        // A wait queue always takes the message, so mandatory tells us at once if it is gone
+        // (the delayed-message plugin does not support mandatory: it routes later).
+        let mandatory = route.x_delay.is_none();
+        let sent = self
+            .send_with(
+                &route.exchange,
+                &route.routing_key,
+                message.clone(),
+                mandatory,
+            )
+            .await;
+        let gone = match &sent {
+            Err(Error::Publish { source, .. }) => reply_code(source) == Some(NOT_FOUND),
+            Err(Error::Returned { .. }) => true,
+            _ => false,
+        };
+        if !gone {
+            return sent;
+        }
+        // The wait queue or exchange went away behind our back (deleted, or not durable across
+        // a broker restart): declare it again and publish once more.
+        conn.delays().forget(&route);
+        let route = conn.delays().route(conn, target, delay).await?;
+        self.send_with(&route.exchange, &route.routing_key, message, mandatory)
+            .await
+    }
+
+    async fn send_with(
         &self,
         exchange: &str,
         routing_key: &str,
         mut message: Message,
+        mandatory: bool,
     ) -> Result<()> {
         if message.properties.delivery_mode().is_none() {
             message.properties = message.properties.with_delivery_mode(2);
@@ -191,13 +314,7 @@ impl<C: MessageConverter> Template<C> {
         loop {
             let channel = self.publisher(deadline).await?;
             match self
-                .publish_on(
-                    &channel,
-                    exchange,
-                    routing_key,
-                    &message,
-                    self.inner.mandatory,
-                )
+                .publish_on(&channel, exchange, routing_key, &message, mandatory)
                 .await
             {
                 Err(Error::Publish { source, .. }) if is_connection_loss(&source) => {

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use amqp_core::App;
 
 #[allow(dead_code)]
+#[path = "../examples/delayed_order.rs"]
+mod delayed_order_example;
+#[allow(dead_code)]
 #[path = "../examples/hello.rs"]
 mod hello_example;
 #[allow(dead_code)]
@@ -141,4 +144,26 @@ async fn rpc(app: App) {
             ("1 x wedding cake".to_string(), Outcome::TimedOut),
         ]
     );
+}
+
+on_both!(delayed_order);
+
+async fn delayed_order(app: App) {
+    use delayed_order_example::{ORDERS, PAYMENT_WINDOW, Status};
+    let report = delayed_order_example::run(app)
+        .await
+        .expect("delayed_order runs");
+    for (order, paid) in ORDERS {
+        let (status, after) = report.orders[&order];
+        let expected = if paid {
+            Status::Paid
+        } else {
+            Status::Cancelled
+        };
+        assert_eq!(status, expected, "order {order}: {report}");
+        assert!(
+            after >= PAYMENT_WINDOW && after < PAYMENT_WINDOW + std::time::Duration::from_secs(1),
+            "order {order}'s check came after the window, not long after: {report}"
+        );
+    }
 }

@@ -8,9 +8,10 @@ use crate::declare::{Binding, Declarable, Exchange, ExchangeType, Queue};
 use crate::extract::{Delivery, Outcome};
 use crate::listener::AckMode;
 use crate::rate::Rate;
+use crate::retry::Retry;
 
 /// An argument value in a listener's declaration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ArgValue {
     /// A string (sent as an AMQP long string).
     Str(&'static str),
@@ -18,6 +19,8 @@ pub enum ArgValue {
     Int(i64),
     /// A boolean.
     Bool(bool),
+    /// A number with a fraction (sent as an AMQP double).
+    Float(f64),
 }
 
 impl ArgValue {
@@ -26,6 +29,7 @@ impl ArgValue {
             ArgValue::Str(s) => AMQPValue::LongString(LongString::from(s)),
             ArgValue::Int(n) => AMQPValue::LongLongInt(n),
             ArgValue::Bool(b) => AMQPValue::Boolean(b),
+            ArgValue::Float(f) => AMQPValue::Double(f),
         }
     }
 }
@@ -65,6 +69,8 @@ pub struct ListenerDefinition {
     pub rate: Option<Rate>,
     /// Stops consuming for a cool-down when too many deliveries fail.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Retry with back-off through the broker, then `<queue>.dlq`.
+    pub retry: Option<Retry>,
     /// The generated handler.
     pub handler: fn(Delivery) -> futures::future::BoxFuture<'static, Outcome>,
     /// `file:line` of the `#[rabbit_listener]` attribute, for error messages.

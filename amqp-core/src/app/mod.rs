@@ -283,6 +283,9 @@ impl App {
             if let Some(breaker) = def.circuit_breaker {
                 listener = listener.circuit_breaker(breaker);
             }
+            if let Some(retry) = def.retry {
+                listener = listener.retry(retry);
+            }
             let handle = listener.delivery_handler(handler).start(&conn).await?;
             tracing::info!(listener = def.id, queue = def.queue, "listening");
             handles.push(handle);

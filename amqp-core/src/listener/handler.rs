@@ -15,39 +15,128 @@ use crate::message::Metadata;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a handler failed, and whether the message should be requeued.
+/// What becomes of a message whose handler failed, in a listener with a
+/// [retry policy](crate::ListenerBuilder::retry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try again later: re-published with the policy's delay, or to `<queue>.dlq` once the
+    /// attempts are spent.
+    Retry,
+    /// A permanent failure: straight to `<queue>.dlq` (without a retry policy: rejected without
+    /// requeue, to the queue's dead-letter exchange if it has one).
+    Reject,
+    /// Back into the queue at once (`basic.nack` with requeue), bypassing the retry policy.
+    Requeue,
+}
+
+/// Lets an error type say what its failures mean for the message. The default is
+/// [`Disposition::Retry`]: any failure may be transient.
 ///
-/// Any `std::error::Error` converts into one that rejects without requeue (so `?` works on
-/// your own errors); say [`ListenerError::requeue`] for a failure worth trying again.
+/// `?` on any `std::error::Error` gives a [`ListenerError`] with the default disposition;
+/// convert with [`ListenerError::classify`] to let the error's type decide.
+///
+/// # Examples
+///
+/// ```
+/// use amqp_core::{Disposition, ErrorDisposition, ListenerError};
+///
+/// #[derive(Debug)]
+/// enum PaymentError { GatewayDown, CardDeclined }
+/// impl std::fmt::Display for PaymentError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         write!(f, "{self:?}")
+///     }
+/// }
+/// impl std::error::Error for PaymentError {}
+/// impl ErrorDisposition for PaymentError {
+///     fn disposition(&self) -> Disposition {
+///         match self {
+///             PaymentError::GatewayDown => Disposition::Retry,
+///             // Trying again will not help: to the dlq at once.
+///             PaymentError::CardDeclined => Disposition::Reject,
+///         }
+///     }
+/// }
+///
+/// let e = ListenerError::classify(PaymentError::CardDeclined);
+/// assert_eq!(e.disposition(), Disposition::Reject);
+/// assert_eq!(e.type_name(), std::any::type_name::<PaymentError>());
+/// ```
+pub trait ErrorDisposition {
+    /// What to do with the message this error failed.
+    fn disposition(&self) -> Disposition {
+        Disposition::Retry
+    }
+}
+
+/// Why a handler failed, and what should become of the message.
+///
+/// Any `std::error::Error` converts into one (so `?` works on your own errors) with the default
+/// disposition: retried by a listener with a [retry policy](crate::ListenerBuilder::retry), and
+/// rejected without requeue by one without. Say [`ListenerError::reject`] for a permanent
+/// failure, [`ListenerError::requeue`] to put the message straight back, or let the error's
+/// type decide with [`ListenerError::classify`] ([`ErrorDisposition`]).
 /// Like `anyhow::Error`, it does not implement `std::error::Error` itself, which is what allows
 /// that blanket conversion.
 pub struct ListenerError {
-    requeue: bool,
+    /// `None`: the default (retry with a policy, reject without one).
+    disposition: Option<Disposition>,
+    /// The Rust type of the error, for the dead-letter queue's `x-exception-type` header.
+    type_name: &'static str,
     error: BoxError,
 }
 
 impl ListenerError {
-    /// A failure that rejects the message without requeue: it goes to the queue's dead-letter
-    /// exchange if it has one, and is dropped otherwise.
-    pub fn reject(error: impl Into<BoxError>) -> Self {
+    fn with<E: Into<BoxError>>(disposition: Option<Disposition>, error: E) -> Self {
         Self {
-            requeue: false,
+            disposition,
+            type_name: std::any::type_name::<E>(),
             error: error.into(),
         }
     }
 
-    /// A failure that puts the message back in the queue (delivered again, marked redelivered).
-    /// Use it for transient trouble only: a message that always fails would loop.
+    /// A permanent failure. Without a retry policy the message is rejected without requeue
+    /// (to the queue's dead-letter exchange if it has one, dropped otherwise); with one it goes
+    /// straight to `<queue>.dlq`.
+    pub fn reject(error: impl Into<BoxError>) -> Self {
+        Self::with(Some(Disposition::Reject), error)
+    }
+
+    /// A failure that puts the message back in the queue (delivered again, marked redelivered),
+    /// with or without a retry policy. Use it for transient trouble only: a message that always
+    /// fails would loop.
     pub fn requeue(error: impl Into<BoxError>) -> Self {
-        Self {
-            requeue: true,
-            error: error.into(),
-        }
+        Self::with(Some(Disposition::Requeue), error)
+    }
+
+    /// A failure worth another attempt, through the listener's retry policy (without one, the
+    /// message is rejected as before).
+    pub fn retry(error: impl Into<BoxError>) -> Self {
+        Self::with(Some(Disposition::Retry), error)
+    }
+
+    /// A failure whose type says what to do ([`ErrorDisposition`]).
+    pub fn classify<E>(error: E) -> Self
+    where
+        E: ErrorDisposition + std::error::Error + Send + Sync + 'static,
+    {
+        let disposition = error.disposition();
+        Self::with(Some(disposition), error)
     }
 
     /// Whether the message is to be requeued.
     pub fn should_requeue(&self) -> bool {
-        self.requeue
+        self.disposition == Some(Disposition::Requeue)
+    }
+
+    /// What is to become of the message under a retry policy.
+    pub fn disposition(&self) -> Disposition {
+        self.disposition.unwrap_or(Disposition::Retry)
+    }
+
+    /// The Rust type of the error it was made from.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
     }
 
     pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
@@ -56,13 +145,17 @@ impl ListenerError {
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a non-string panic payload".into());
-        Self::reject(format!("handler panicked: {text}"))
+        Self {
+            disposition: None,
+            type_name: "panic",
+            error: format!("handler panicked: {text}").into(),
+        }
     }
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for ListenerError {
     fn from(e: E) -> Self {
-        Self::reject(e)
+        Self::with(None, e)
     }
 }
 
@@ -75,7 +168,8 @@ impl fmt::Display for ListenerError {
 impl fmt::Debug for ListenerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ListenerError")
-            .field("requeue", &self.requeue)
+            .field("disposition", &self.disposition)
+            .field("type_name", &self.type_name)
             .field("error", &self.error)
             .finish()
     }

@@ -5,7 +5,10 @@
 //! Ok(reply)          → reply sent to reply_to (unless the handler returns ()) → ack
 //! Err(e)             → reject without requeue (to the queue's dead-letter exchange, if any),
 //!                      or requeue when e says so (ListenerError::requeue)
+//!   with .retry(…)   → re-published with a delay (attempts in x-retry-attempt), then acked;
+//!                      to <queue>.dlq when spent or permanent (retry.rs)
 //! body won't decode  → reject without requeue, logged with queue, message id and serde error
+//!                      (with .retry(…): to <queue>.dlq)
 //! handler panics     → treated as Err; the container keeps running
 //! ```
 //!
@@ -17,6 +20,7 @@
 //! and give up per-consumer ordering.)
 
 mod handler;
+mod retry;
 mod worker;
 
 use std::sync::Arc;
@@ -27,15 +31,17 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use self::handler::{Acker, ListenerError};
+pub use self::handler::{Acker, Disposition, ErrorDisposition, ListenerError};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::connection::Connection;
 use crate::converter::{JsonConverter, MessageConverter};
+use crate::declare::Queue;
 use crate::error::Result;
 use crate::extract::{HandlerFn, StateMap};
 use crate::idempotent::Idempotency;
 use crate::message::Metadata;
 use crate::rate::{Rate, TokenBucket};
+use crate::retry::Retry;
 
 /// How deliveries are acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +68,7 @@ pub struct ListenerBuilder<C = JsonConverter> {
     idempotency: Option<Idempotency>,
     rate: Option<Rate>,
     circuit_breaker: Option<CircuitBreaker>,
+    retry: Option<Retry>,
 }
 
 /// A queue with a handler, ready to [`start`](Listener::start).
@@ -123,6 +130,7 @@ impl Listener<JsonConverter> {
             idempotency: None,
             rate: None,
             circuit_breaker: None,
+            retry: None,
         }
     }
 }
@@ -165,6 +173,7 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
             idempotency: self.idempotency,
             rate: self.rate,
             circuit_breaker: self.circuit_breaker,
+            retry: self.retry,
         }
     }
 
@@ -195,6 +204,32 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
     /// with its messages).
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.circuit_breaker = Some(breaker);
+        self
+    }
+
+    /// Retries failed deliveries with back-off through the broker (see [`crate::retry`]): the
+    /// failed message is re-published with a delay and the attempt count in the
+    /// `x-retry-attempt` header, then acked, so the queue keeps flowing meanwhile. When the
+    /// attempts are spent, or the error is permanent ([`ListenerError::reject`], a body that does
+    /// not convert), the message goes to `<queue>.dlq` (declared when the listener starts) with
+    /// the error in headers. [`ListenerError::requeue`] still requeues at once.
+    ///
+    /// Needs [`AckMode::Auto`]. Each re-publish waits for its publisher confirm before the ack,
+    /// so a message is never lost between the two (a crash in between may duplicate it).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use amqp_core::{Listener, Retry};
+    /// let builder = Listener::on("payments").retry(
+    ///     Retry::attempts(5)
+    ///         .initial(Duration::from_millis(100))
+    ///         .multiplier(2.0)
+    ///         .max(Duration::from_secs(10)),
+    /// );
+    /// # let _ = builder;
+    /// ```
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
         self
     }
 
@@ -260,6 +295,19 @@ impl<C: MessageConverter + Clone> Listener<C> {
                 self.settings.queue
             )));
         }
+        if let Some(retry) = &self.settings.retry {
+            let queue = &self.settings.queue;
+            if self.settings.ack_mode != AckMode::Auto {
+                return Err(crate::Error::Configuration(format!(
+                    "listener on '{queue}': retry needs AckMode::Auto (the container acks after re-publishing)"
+                )));
+            }
+            retry.check().map_err(|e| {
+                crate::Error::Configuration(format!("listener on '{queue}': retry: {e}"))
+            })?;
+            conn.declare(Queue::durable(crate::retry::dead_letter_queue(queue)))
+                .await?;
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(worker::Context {
             queue: self.settings.queue.clone(),
@@ -272,6 +320,7 @@ impl<C: MessageConverter + Clone> Listener<C> {
             idempotency: self.settings.idempotency,
             rate: self.settings.rate.map(TokenBucket::new),
             breaker: self.settings.circuit_breaker.map(Breaker::new),
+            retry: self.settings.retry,
         });
         let mut workers = Vec::with_capacity(self.settings.concurrency);
         let mut ready = Vec::with_capacity(self.settings.concurrency);

@@ -14,8 +14,8 @@ use lapin::types::FieldTable;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use super::AckMode;
 use super::handler::Acker;
+use super::{AckMode, retry};
 use crate::breaker::Breaker;
 use crate::connection::Connection;
 use crate::error::Result;
@@ -23,6 +23,7 @@ use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
 use crate::idempotent::{self, Claim, Idempotency};
 use crate::message::{Message, Metadata};
 use crate::rate::TokenBucket;
+use crate::retry::Retry;
 use crate::template::Template;
 
 /// What every consumer of one listener shares.
@@ -42,6 +43,8 @@ pub(crate) struct Context {
     pub rate: Option<TokenBucket>,
     /// The circuit breaker shared by the listener's consumers.
     pub breaker: Option<Breaker>,
+    /// Failed deliveries are re-published with back-off, then go to `<queue>.dlq`.
+    pub retry: Option<Retry>,
 }
 
 /// How one subscription ended.
@@ -303,6 +306,8 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
             }
             None => None,
         };
+        // Kept for re-publishing, should the handler fail.
+        let kept_body = ctx.retry.is_some().then(|| d.data.clone());
         let delivery = Delivery { body: d.data, meta, state: ctx.state.clone(), template: ctx.replies.clone() };
         let call = (ctx.handler)(delivery);
         let outcome = match AssertUnwindSafe(call).catch_unwind().await {
@@ -355,13 +360,33 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
                 Outcome::Undecodable(_) => {}
             }
         }
+        let mut label = label;
         if ctx.ack_mode == AckMode::Auto {
-            let acked = match outcome {
-                Outcome::Done(_) => d.acker.ack(BasicAckOptions::default()).await,
-                Outcome::Failed(e) if e.should_requeue() => {
+            let retry = ctx.retry.as_ref().zip(kept_body);
+            let failed = |body| retry::Failed {
+                body,
+                properties: d.properties,
+                exchange: d.exchange.to_string(),
+                routing_key: d.routing_key.to_string(),
+            };
+            let acked = match (outcome, retry) {
+                (Outcome::Done(_), _) => d.acker.ack(BasicAckOptions::default()).await,
+                (Outcome::Failed(e), _) if e.should_requeue() => {
                     d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
                 }
-                Outcome::Failed(_) | Outcome::Undecodable(_) => d.acker.reject(BasicRejectOptions { requeue: false }).await,
+                (Outcome::Failed(_) | Outcome::Undecodable(_), None) => {
+                    d.acker.reject(BasicRejectOptions { requeue: false }).await
+                }
+                (Outcome::Failed(e), Some((policy, body))) => {
+                    let failure = retry::Failure::handler(&e);
+                    label = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
+                    Ok(true)
+                }
+                (Outcome::Undecodable(e), Some((policy, body))) => {
+                    let failure = retry::Failure::undecodable(&e);
+                    label = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
+                    Ok(true)
+                }
             };
             if let Err(e) = acked {
                 // The channel is gone; the broker requeues the message itself.

@@ -116,6 +116,16 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let retry = match &config.retry {
+        Some(r) => {
+            let (attempts, initial_ms, multiplier, max_ms) =
+                (r.max_attempts, r.initial_ms, r.multiplier, r.max_ms);
+            quote!(::core::option::Option::Some(
+                ::amqp_core::__private::retry(#attempts, #initial_ms, #multiplier, #max_ms)
+            ))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     quote! {
         ::amqp_core::__private::ListenerDefinition {
             id: #id,
@@ -134,6 +144,7 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
             idempotent: #idempotent,
             rate: #rate,
             circuit_breaker: #circuit_breaker,
+            retry: #retry,
             handler: __amqp_listener_handler,
             location: ::core::concat!(::core::file!(), ":", ::core::line!()),
         }
@@ -151,6 +162,7 @@ fn arguments(arguments: &[(String, Arg)]) -> Vec<TokenStream> {
                     quote!(::amqp_core::__private::ArgValue::Int(#n))
                 }
                 Arg::Bool(b) => quote!(::amqp_core::__private::ArgValue::Bool(#b)),
+                Arg::Float(f) => quote!(::amqp_core::__private::ArgValue::Float(#f)),
             };
             quote!((#name, #value))
         })

@@ -37,6 +37,7 @@ pub(crate) struct Config {
     /// `rate = "200/s"`: (count, per milliseconds).
     pub(crate) rate: Option<(u32, u64)>,
     pub(crate) circuit_breaker: Option<Breaker>,
+    pub(crate) retry: Option<Retry>,
 }
 
 /// `circuit_breaker(...)`, with defaults for what is left out.
@@ -47,11 +48,20 @@ pub(crate) struct Breaker {
     pub(crate) cool_down_ms: u64,
 }
 
+/// `retry(...)`, with defaults for what is left out (those of `amqp_core::Retry`).
+pub(crate) struct Retry {
+    pub(crate) max_attempts: u32,
+    pub(crate) initial_ms: u64,
+    pub(crate) multiplier: f64,
+    pub(crate) max_ms: u64,
+}
+
 /// A queue or binding argument's value.
 #[derive(Clone)]
 pub(crate) enum Arg {
     Str(String),
     Int(i64),
+    Float(f64),
     Bool(bool),
 }
 
@@ -188,6 +198,16 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         );
     }
 
+    let retry = v.table(Key::Retry).map(|table| retry(table, errors));
+    if let (Some(_), Some(Ack::Manual | Ack::None), Some(ident)) =
+        (&retry, ack, v.ident(Key::Retry))
+    {
+        errors.spanned(
+            ident,
+            "retry re-publishes a failed message and then acks it, so it needs `ack = \"auto\"`: remove `ack = ...` or `retry(...)`",
+        );
+    }
+
     if errors.count() > before {
         return None;
     }
@@ -208,6 +228,7 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         idempotent,
         rate,
         circuit_breaker,
+        retry,
     })
 }
 
@@ -295,6 +316,77 @@ fn breaker(table: &[(TableName, Arg)], errors: &mut Errors) -> Breaker {
         }
     }
     breaker
+}
+
+const RETRY_SETTINGS: &str =
+    "`max_attempts = 5`, `initial = \"100ms\"`, `multiplier = 2.0`, `max = \"10s\"`";
+
+/// `retry(max_attempts = 5, initial = "100ms", multiplier = 2.0, max = "10s")`.
+fn retry(table: &[(TableName, Arg)], errors: &mut Errors) -> Retry {
+    let mut retry = Retry {
+        max_attempts: 3,
+        initial_ms: 1_000,
+        multiplier: 2.0,
+        max_ms: 10_000,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for (name, value) in table {
+        let written = name.value();
+        if seen.contains(&written) {
+            errors.spanned(name, format!("`{written}` is given twice: keep one"));
+            continue;
+        }
+        seen.push(written.clone());
+        match (written.as_str(), value) {
+            ("max_attempts", Arg::Int(n)) if (1..=i64::from(u32::MAX)).contains(n) => {
+                retry.max_attempts = *n as u32;
+            }
+            ("max_attempts", _) => errors.spanned(
+                name,
+                "`max_attempts` is an integer of at least 1, the first delivery included: write e.g. `max_attempts = 5`",
+            ),
+            ("multiplier", Arg::Float(f)) if f.is_finite() && *f >= 1.0 => retry.multiplier = *f,
+            ("multiplier", Arg::Int(n)) if *n >= 1 => retry.multiplier = *n as f64,
+            ("multiplier", _) => errors.spanned(
+                name,
+                "`multiplier` is a number of at least 1.0 (1.0: a fixed delay): write e.g. `multiplier = 2.0`",
+            ),
+            ("initial" | "max", value) => {
+                let ms = match value {
+                    Arg::Str(s) => duration_ms(s).filter(|ms| (1..=u64::from(u32::MAX)).contains(ms)),
+                    _ => None,
+                };
+                match (ms, written.as_str()) {
+                    (Some(ms), "initial") => retry.initial_ms = ms,
+                    (Some(ms), _) => retry.max_ms = ms,
+                    (None, _) => errors.spanned(
+                        name,
+                        format!("`{written}` is a duration from 1 ms to 49 days: write e.g. `{written} = \"500ms\"` (units: ms, s, m, h)"),
+                    ),
+                }
+            }
+            _ => errors.spanned(
+                name,
+                format!("`retry` has no setting `{written}`: the settings are {RETRY_SETTINGS}"),
+            ),
+        }
+    }
+    if retry.initial_ms > retry.max_ms {
+        let at = table
+            .iter()
+            .find(|(name, _)| name.value() == "initial")
+            .or_else(|| table.iter().find(|(name, _)| name.value() == "max"));
+        if let Some((name, _)) = at {
+            errors.spanned(
+                name,
+                format!(
+                    "the initial delay ({} ms) is longer than the max ({} ms): make `initial` shorter or `max` longer",
+                    retry.initial_ms, retry.max_ms
+                ),
+            );
+        }
+    }
+    retry
 }
 
 /// `x-dead-letter-exchange`, `x-message-ttl`, ... from their keys, then `arguments(...)`.

@@ -183,7 +183,7 @@ fn check(entry: &Entry, errors: &mut Errors) -> Option<Checked> {
                     None => errors.spanned(
                         &item.value,
                         format!(
-                            "a value in `{}(...)` is a string, an integer, `true` or `false`: write e.g. `{}`",
+                            "a value in `{}(...)` is a string, a number, `true` or `false`: write e.g. `{}`",
                             key.name(),
                             key.example()
                         ),
@@ -253,12 +253,18 @@ fn int(expr: &Expr) -> Option<syn::Result<i128>> {
     }
 }
 
-/// An argument value (`"text"`, `5`, `-5`, `true`).
+/// An argument value (`"text"`, `5`, `-5`, `2.5`, `true`).
 fn arg(expr: &Expr) -> Option<Arg> {
     if let Some(n) = int(expr) {
         return n.ok().and_then(|n| i64::try_from(n).ok()).map(Arg::Int);
     }
+    if let Expr::Unary(unary) = expr {
+        if let (UnOp::Neg(_), Some(Arg::Float(f))) = (unary.op, arg(&unary.expr)) {
+            return Some(Arg::Float(-f));
+        }
+    }
     match lit(expr)? {
+        Lit::Float(f) => f.base10_parse::<f64>().ok().map(Arg::Float),
         Lit::Str(s) => Some(Arg::Str(s.value())),
         Lit::Bool(b) => Some(Arg::Bool(b.value)),
         _ => None,

@@ -48,7 +48,8 @@ struct Db;
     id = "orders",
     idempotent,
     rate = "200/s",
-    circuit_breaker(failure_percent = 50, min_calls = 10, window = "10s", cool_down = "500ms")
+    circuit_breaker(failure_percent = 50, min_calls = 10, window = "10s", cool_down = "500ms"),
+    retry(max_attempts = 5, initial = "100ms", multiplier = 2.0, max = "10s")
 )]
 async fn on_order(meta: Metadata, State(_db): State<Db>, _t: Template, order: Order) -> Result<Receipt> {
     let _ = meta.routing_key;

@@ -7,6 +7,8 @@
 //! - [`Exchange`], [`Queue`], [`Binding`]: declarations, applied at start and after recovery.
 //! - [`Listener`]: a listener container: prefetch, concurrency, ack by the handler's result,
 //!   graceful shutdown.
+//! - [`Partitions`]: ordered partitions, each key's messages handled in order by a single active
+//!   consumer while keys spread over several queues.
 //!
 //! With the `embedded-broker` feature (on by default) the bundled broker is at
 //! [`broker`], for tests and zero-set-up development.
@@ -27,6 +29,7 @@ pub mod idempotent;
 mod listener;
 mod message;
 pub mod outbox;
+mod partition;
 mod rate;
 mod template;
 #[cfg(feature = "embedded-broker")]
@@ -47,6 +50,7 @@ pub use error::{Error, Result};
 pub use extract::{Delivery, FromDelivery, HandlerFn, IntoOutcome, Outcome, State, StateMap};
 pub use listener::{AckMode, Acker, Listener, ListenerBuilder, ListenerError, ListenerHandle};
 pub use message::{Message, Metadata, TYPE_ID_HEADER};
+pub use partition::Partitions;
 pub use rate::{ParseRateError, Rate};
 pub use template::Template;
 

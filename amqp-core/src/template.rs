@@ -176,11 +176,18 @@ impl<C: MessageConverter> Template<C> {
 
     /// Sends a message as it is (made persistent unless its delivery mode says otherwise) and
     /// waits for the broker's confirm.
-    pub async fn send(
+    pub async fn send(&self, exchange: &str, routing_key: &str, message: Message) -> Result<()> {
+        self.send_with(exchange, routing_key, message, self.inner.mandatory)
+            .await
+    }
+
+    /// [`send`](Self::send) with the `mandatory` flag given (partitioned sends always set it).
+    pub(crate) async fn send_with(
         &self,
         exchange: &str,
         routing_key: &str,
         mut message: Message,
+        mandatory: bool,
     ) -> Result<()> {
         if message.properties.delivery_mode().is_none() {
             message.properties = message.properties.with_delivery_mode(2);
@@ -191,13 +198,7 @@ impl<C: MessageConverter> Template<C> {
         loop {
             let channel = self.publisher(deadline).await?;
             match self
-                .publish_on(
-                    &channel,
-                    exchange,
-                    routing_key,
-                    &message,
-                    self.inner.mandatory,
-                )
+                .publish_on(&channel, exchange, routing_key, &message, mandatory)
                 .await
             {
                 Err(Error::Publish { source, .. }) if is_connection_loss(&source) => {

@@ -62,6 +62,8 @@ pub struct ListenerBuilder<C = JsonConverter> {
     idempotency: Option<Idempotency>,
     rate: Option<Rate>,
     circuit_breaker: Option<CircuitBreaker>,
+    /// Consume `<queue>.0` … `<queue>.N-1` instead of `queue` (ordered partitions).
+    partitions: Option<u16>,
 }
 
 /// A queue with a handler, ready to [`start`](Listener::start).
@@ -123,6 +125,7 @@ impl Listener<JsonConverter> {
             idempotency: None,
             rate: None,
             circuit_breaker: None,
+            partitions: None,
         }
     }
 }
@@ -165,6 +168,7 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
             idempotency: self.idempotency,
             rate: self.rate,
             circuit_breaker: self.circuit_breaker,
+            partitions: self.partitions,
         }
     }
 
@@ -195,6 +199,22 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
     /// with its messages).
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.circuit_breaker = Some(breaker);
+        self
+    }
+
+    /// Consumes the `n` partitions of the queue, `<queue>.0` … `<queue>.<n-1>`, one consumer each
+    /// (see [`crate::Partitions`]). With single-active-consumer queues
+    /// ([`crate::Partitions::queues`] declares them so), each partition is handled by one process
+    /// at a time, in order, and a standby process takes over when it dies. Not with a
+    /// `concurrency` above 1: a partition's second consumer would only stand by.
+    ///
+    /// ```
+    /// # use amqp_core::Listener;
+    /// let builder = Listener::on("accounts").partitions(4).prefetch(50);
+    /// # let _ = builder;
+    /// ```
+    pub fn partitions(mut self, n: u16) -> Self {
+        self.partitions = Some(n);
         self
     }
 
@@ -260,25 +280,37 @@ impl<C: MessageConverter + Clone> Listener<C> {
                 self.settings.queue
             )));
         }
+        let queues = self.queues()?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(worker::Context {
-            queue: self.settings.queue.clone(),
-            prefetch: self.settings.prefetch,
-            ack_mode: self.settings.ack_mode,
-            handler: self.handler,
-            state: Arc::new(self.settings.state.clone()),
-            conn: conn.clone(),
-            replies: crate::Template::new(conn.clone()),
-            idempotency: self.settings.idempotency,
-            rate: self.settings.rate.map(TokenBucket::new),
-            breaker: self.settings.circuit_breaker.map(Breaker::new),
-        });
-        let mut workers = Vec::with_capacity(self.settings.concurrency);
-        let mut ready = Vec::with_capacity(self.settings.concurrency);
-        for _ in 0..self.settings.concurrency {
-            let (tx, rx) = oneshot::channel();
-            workers.push(tokio::spawn(worker::run(ctx.clone(), tx, stop_rx.clone())));
-            ready.push(rx);
+        let state = Arc::new(self.settings.state.clone());
+        let replies = crate::Template::new(conn.clone());
+        // Shared by every consumer, of every partition.
+        let rate = self.settings.rate.map(|r| Arc::new(TokenBucket::new(r)));
+        let breaker = self
+            .settings
+            .circuit_breaker
+            .map(|b| Arc::new(Breaker::new(b)));
+        let consumers = queues.len() * self.settings.concurrency;
+        let mut workers = Vec::with_capacity(consumers);
+        let mut ready = Vec::with_capacity(consumers);
+        for queue in queues {
+            let ctx = Arc::new(worker::Context {
+                queue,
+                prefetch: self.settings.prefetch,
+                ack_mode: self.settings.ack_mode,
+                handler: self.handler.clone(),
+                state: state.clone(),
+                conn: conn.clone(),
+                replies: replies.clone(),
+                idempotency: self.settings.idempotency.clone(),
+                rate: rate.clone(),
+                breaker: breaker.clone(),
+            });
+            for _ in 0..self.settings.concurrency {
+                let (tx, rx) = oneshot::channel();
+                workers.push(tokio::spawn(worker::run(ctx.clone(), tx, stop_rx.clone())));
+                ready.push(rx);
+            }
         }
         let handle = ListenerHandle {
             queue: self.settings.queue,
@@ -294,6 +326,24 @@ impl<C: MessageConverter + Clone> Listener<C> {
             }
         }
         Ok(handle)
+    }
+
+    /// The queues to consume: the queue, or its partitions.
+    fn queues(&self) -> Result<Vec<String>> {
+        let settings = &self.settings;
+        let Some(n) = settings.partitions else {
+            return Ok(vec![settings.queue.clone()]);
+        };
+        let partitions = crate::Partitions::new(n).map_err(|e| {
+            crate::Error::Configuration(format!("listener on '{}': {e}", settings.queue))
+        })?;
+        if settings.concurrency > 1 {
+            return Err(crate::Error::Configuration(format!(
+                "listener on '{}': each of its {n} partitions has a single active consumer, so a concurrency of {} would only add idle consumers; raise the number of partitions instead",
+                settings.queue, settings.concurrency
+            )));
+        }
+        Ok(partitions.queue_names(&settings.queue))
     }
 }
 

@@ -111,6 +111,7 @@ keys! {
     Idempotent idempotent: Flag, "idempotent";
     Rate rate: Str, "rate = \"200/s\"";
     CircuitBreaker circuit_breaker: Table, "circuit_breaker(failure_percent = 50, min_calls = 10, window = \"10s\", cool_down = \"30s\")";
+    Partitions partitions: Int, "partitions = 4";
 }
 
 /// "unknown key `quue`: did you mean `queue`? The keys are …", at the unknown token.

@@ -37,6 +37,8 @@ pub(crate) struct Config {
     /// `rate = "200/s"`: (count, per milliseconds).
     pub(crate) rate: Option<(u32, u64)>,
     pub(crate) circuit_breaker: Option<Breaker>,
+    /// `partitions = N`: ordered partitions `<queue>.0` … `<queue>.N-1`.
+    pub(crate) partitions: Option<u16>,
 }
 
 /// `circuit_breaker(...)`, with defaults for what is left out.
@@ -188,6 +190,8 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         );
     }
 
+    let partitions = partitions(&v, concurrency, exchange_type, errors);
+
     if errors.count() > before {
         return None;
     }
@@ -208,7 +212,35 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         idempotent,
         rate,
         circuit_breaker,
+        partitions,
     })
+}
+
+/// The most partitions (as `amqp_core::Partitions::MAX`).
+const MAX_PARTITIONS: i128 = 1024;
+
+/// `partitions = N`: from 1 to 1024, one consumer per partition, routed by routing key.
+fn partitions(
+    v: &Values,
+    concurrency: Option<(i128, &syn::Expr)>,
+    exchange_type: Option<&str>,
+    errors: &mut Errors,
+) -> Option<u16> {
+    let (n, _) = v.int(Key::Partitions, 1, MAX_PARTITIONS, errors)?;
+    let ident = v.ident(Key::Partitions)?;
+    if let Some((consumers, expr)) = concurrency.filter(|(c, _)| *c > 1) {
+        errors.spanned(
+            expr,
+            format!("each of the {n} partitions has a single active consumer, so `concurrency = {consumers}` would only add idle consumers: remove `concurrency` and raise `partitions` for more parallelism"),
+        );
+    }
+    if let Some(kind @ ("fanout" | "headers")) = exchange_type {
+        errors.spanned(
+            ident,
+            format!("partitions are chosen by routing key, which a {kind} exchange ignores: use a direct or topic exchange, or remove `partitions`"),
+        );
+    }
+    Some(n as u16)
 }
 
 /// `"200/s"` as (200, 1000 ms).

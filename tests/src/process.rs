@@ -34,6 +34,17 @@ pub async fn wait_for_sigterm() {
     }
 }
 
+/// Every line still to come, once the processes writing to `lines` have exited (up to 5 s).
+pub async fn drain(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<(&'static str, String)>,
+) -> Vec<(&'static str, String)> {
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), lines.recv()).await {
+        rest.push(line);
+    }
+    rest
+}
+
 /// A running child process; killed if dropped (a failing test leaves none behind).
 #[derive(Debug)]
 pub struct Process {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use amqp_core::{ConnectionFactory, Partitions, Template};
-use tests::process::{Event, Process};
+use tests::process::{Event, Process, drain};
 use tests::{TestBroker, conformance, unique};
 use tokio::sync::mpsc::unbounded_channel;
 
@@ -186,14 +186,23 @@ async fn order_holds_when_a_consumer_process_is_killed(b: TestBroker) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = b_process.terminate().await;
     assert!(status.success(), "B exits cleanly on SIGTERM: {status}");
-    while let Ok((process, line)) = lines.try_recv() {
-        if let Some((key, handled)) = parse(process, &line) {
-            by_key.entry(key).or_default().1.push(handled);
+    drop(a);
+    for (process, line) in drain(&mut lines).await {
+        match parse(process, &line) {
+            Some((key, handled)) => {
+                let entry = by_key.entry(key).or_default();
+                match process {
+                    "A" => entry.0.push(handled),
+                    _ => entry.1.push(handled),
+                }
+            }
+            None => assert_eq!((process, line.as_str()), ("B", "stopped")),
         }
     }
 
     assert!(killed, "A was killed midway");
     assert_eq!(b_before_kill, 0, "B handled nothing while A was active");
+    let handled_by_a: usize = by_key.values().map(|(a, _)| a.len()).sum();
     let handled_by_b: usize = by_key.values().map(|(_, b)| b.len()).sum();
     assert!(handled_by_b > 0, "B took over");
     let repeats = handled_by_a + handled_by_b - total;

@@ -310,3 +310,65 @@ fn a_partitioned_listener_declares_single_active_consumer_queues_bound_by_partit
         .queues(&amqp_core::Queue::durable("accounts"));
     assert!(format!("{sac:?}").contains("x-single-active-consumer"));
 }
+
+/// Settings that cannot work are errors that say why, before anything is consumed or sent; a
+/// send to a partition no queue takes fails instead of vanishing.
+async fn bad_partition_settings_are_errors(b: TestBroker) {
+    use amqp_core::{Error, Listener, ListenerError, Queue};
+    let conn = ConnectionFactory::new(b.url())
+        .connection_name(unique("patterns.partitions.bad"))
+        .connect()
+        .await
+        .expect("connect");
+    let queue = unique("patterns.partitions.bad");
+    let base = Queue::transient(&queue).auto_delete();
+    conn.declare(Partitions::new(2).unwrap().queues(&base))
+        .await
+        .expect("declare two partitions");
+    let listener = |n: u16, consumers: usize| {
+        Listener::on(&queue)
+            .partitions(n)
+            .concurrency(consumers)
+            .handler(|_: u32| async { Ok::<_, ListenerError>(()) })
+            .start(&conn)
+    };
+    let zero = listener(0, 1).await.expect_err("0 partitions");
+    assert!(
+        zero.to_string()
+            .contains("partitions must be from 1 to 1024, not 0"),
+        "{zero}"
+    );
+    let crowded = listener(2, 2).await.expect_err("2 consumers per partition");
+    assert!(
+        crowded.to_string().contains("single active consumer"),
+        "{crowded}"
+    );
+
+    let template = Template::new(conn.clone());
+    let none = template
+        .convert_and_send_partitioned("", &queue, 0, "k", &1)
+        .await
+        .expect_err("0 partitions");
+    assert!(matches!(none, Error::Configuration(_)), "{none}");
+    // "a" is in partition 2 of 4 (pinned in amqp-core), which has no queue here.
+    assert_eq!(Partitions::new(4).unwrap().of("a"), 2);
+    let lost = template
+        .convert_and_send_partitioned("", &queue, 4, "a", &1)
+        .await
+        .expect_err("no queue for partition 2");
+    assert!(matches!(lost, Error::Returned { .. }), "{lost}");
+    // The right count reaches a queue.
+    let p = Partitions::new(2).unwrap().of("a");
+    template
+        .convert_and_send_partitioned("", &queue, 2, "a", &7u32)
+        .await
+        .expect("send");
+    let got: Option<u32> = template
+        .receive_and_convert(&Partitions::queue_name(&queue, p), Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got, Some(7));
+    conn.close().await;
+}
+
+conformance!(bad_partition_settings_are_errors);

@@ -21,9 +21,11 @@
 //! RabbitMQ (3.8+) without plugins, and on the bundled broker.
 //!
 //! What breaks the order: a handler error that requeues (`ListenerError::requeue`) puts that
-//! message back while later ones go on, with `prefetch` above 1; changing the number of partitions
-//! while messages are queued (a key may then move to another queue, and its new messages overtake
-//! the old ones). Producers and listeners must agree on the number.
+//! message back while later ones go on, with `prefetch` above 1; with `idempotent`, a message
+//! whose lease a dead consumer still holds is requeued until the lease lapses, and later messages
+//! of its key pass it; changing the number of partitions while messages are queued (a key may
+//! then move to another queue, and its new messages overtake the old ones). Producers and
+//! listeners must agree on the number.
 
 use serde::Serialize;
 

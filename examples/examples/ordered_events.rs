@@ -194,18 +194,12 @@ pub async fn run(app: App) -> anyhow::Result<Report> {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, account) in self.accounts.iter().take(5) {
-            writeln!(
-                f,
-                "{name}: balance {:>3}, {} events applied",
-                account.balance, account.next
-            )?;
-        }
-        writeln!(
-            f,
-            "… and {} more accounts",
-            self.accounts.len().saturating_sub(5)
-        )?;
+        let balances: Vec<String> = self
+            .accounts
+            .iter()
+            .map(|(name, account)| format!("{name}: {}", account.balance))
+            .collect();
+        writeln!(f, "final balances: {}", balances.join(", "))?;
         writeln!(
             f,
             "order held for {} of {ACCOUNTS} accounts ({} events each, no withdrawal bounced)",

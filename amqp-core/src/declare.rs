@@ -193,6 +193,11 @@ impl Queue {
     pub fn max_length(self, max: u32) -> Self {
         self.argument("x-max-length", AMQPValue::LongLongInt(i64::from(max)))
     }
+    /// Only one consumer at a time receives (`x-single-active-consumer`); the others stand by
+    /// and take over, in order, when it goes. What ordered partitions are built on.
+    pub fn single_active_consumer(self) -> Self {
+        self.argument("x-single-active-consumer", AMQPValue::Boolean(true))
+    }
     /// Adds any argument.
     pub fn argument(mut self, key: &str, value: AMQPValue) -> Self {
         self.arguments.insert(key.into(), value);
@@ -201,6 +206,13 @@ impl Queue {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// The same queue under another name (a partition of it).
+    pub(crate) fn renamed(&self, name: String) -> Self {
+        Self {
+            name,
+            ..self.clone()
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //!   graceful shutdown.
 //! - [`Retry`]: retry with back-off through the broker, then `<queue>.dlq`; and
 //!   [`Template::convert_and_send_delayed`] ([`DelayMechanism`]).
+//! - [`Partitions`]: ordered partitions, each key's messages handled in order by a single active
+//!   consumer while keys spread over several queues.
 //!
 //! With the `embedded-broker` feature (on by default) the bundled broker is at
 //! [`broker`], for tests and zero-set-up development.
@@ -30,6 +32,7 @@ pub mod idempotent;
 mod listener;
 mod message;
 pub mod outbox;
+mod partition;
 mod rate;
 pub mod retry;
 mod template;
@@ -55,6 +58,7 @@ pub use listener::{
     ListenerHandle,
 };
 pub use message::{Message, Metadata, TYPE_ID_HEADER};
+pub use partition::Partitions;
 pub use rate::{ParseRateError, Rate};
 pub use retry::Retry;
 pub use template::Template;

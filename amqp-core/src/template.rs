@@ -298,7 +298,8 @@ impl<C: MessageConverter> Template<C> {
             .await
     }
 
-    async fn send_with(
+    /// [`send`](Self::send) with the `mandatory` flag given (partitioned sends always set it).
+    pub(crate) async fn send_with(
         &self,
         exchange: &str,
         routing_key: &str,

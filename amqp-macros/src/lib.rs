@@ -94,6 +94,7 @@ use proc_macro::TokenStream;
 /// | `idempotent` | flag | each `message_id` handled once, through the app's idempotency store ([`App::idempotency`]; `REDIS_URL` with the `idempotent-redis` feature; else in memory); not with `ack = "none"` |
 /// | `rate` | `"200/s"`, `"30/m"`, `"1000/h"` | at most so many messages, across the listener's consumers (token bucket) |
 /// | `circuit_breaker(...)` | `failure_percent = 50, min_calls = 10, window = "10s", cool_down = "30s"` (each optional, these are the defaults) | stop consuming for `cool_down` when that share of at least `min_calls` deliveries in `window` failed; not with `auto_delete = true` |
+/// | `partitions` | `partitions = 4` (1 to 1024) | ordered partitions: consume `<queue>.0` … `<queue>.3`, each single-active-consumer and bound with `<key>.<p>`; send with `Template::convert_and_send_partitioned`, and each partition key's messages are handled in order; not with `concurrency` above 1, nor a fanout or headers exchange |
 ///
 /// Mistakes are compile errors at the offending tokens, all reported at once: not an `async fn`,
 /// a method, no payload parameter, a missing `queue`, an unknown key (the keys are listed), a key

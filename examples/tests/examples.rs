@@ -16,6 +16,9 @@ mod delayed_order_example;
 #[path = "../examples/hello.rs"]
 mod hello_example;
 #[allow(dead_code)]
+#[path = "../examples/ordered_events.rs"]
+mod ordered_events_example;
+#[allow(dead_code)]
 #[path = "../examples/pub_sub.rs"]
 mod pub_sub_example;
 #[allow(dead_code)]
@@ -54,6 +57,7 @@ macro_rules! on_both {
 }
 
 on_both!(hello, work_queues, pub_sub, routing, topics, rpc);
+on_both!(ordered_events);
 
 async fn hello(app: App) {
     let report = hello_example::run(app).await.expect("hello runs");
@@ -166,4 +170,24 @@ async fn delayed_order(app: App) {
             "order {order}'s check came after the window, not long after: {report}"
         );
     }
+}
+
+async fn ordered_events(app: App) {
+    use ordered_events_example::{ACCOUNTS, EVENTS_PER_ACCOUNT, expected_balance};
+    let report = ordered_events_example::run(app)
+        .await
+        .expect("ordered_events runs");
+    assert_eq!(report.accounts.len(), ACCOUNTS as usize, "{report}");
+    for (a, (name, account)) in report.accounts.iter().enumerate() {
+        assert_eq!(name, &format!("acct-{a:02}"));
+        assert_eq!(account.next, EVENTS_PER_ACCOUNT, "{name}: {account:?}");
+        assert_eq!(account.out_of_order, 0, "{name}: {account:?}");
+        assert_eq!(account.bounced, 0, "{name}: {account:?}");
+        assert_eq!(account.balance, expected_balance(a as u32), "{name}");
+    }
+    assert_eq!(report.in_order(), ACCOUNTS as usize);
+    assert!(
+        report.most_in_flight >= 2,
+        "accounts on different partitions were applied in parallel: {report}"
+    );
 }

@@ -11,6 +11,7 @@
 //! Passing on both is how we know a test encodes RabbitMQ's behaviour and not our guess.
 //! Names in tests must be unique per run ([`unique`]) so that parallel tests can share a RabbitMQ.
 
+pub mod process;
 pub mod proxy;
 pub mod raw;
 

@@ -7,6 +7,7 @@ use crate::breaker::CircuitBreaker;
 use crate::declare::{Binding, Declarable, Exchange, ExchangeType, Queue};
 use crate::extract::{Delivery, Outcome};
 use crate::listener::AckMode;
+use crate::partition::Partitions;
 use crate::rate::Rate;
 use crate::retry::Retry;
 
@@ -71,6 +72,9 @@ pub struct ListenerDefinition {
     pub circuit_breaker: Option<CircuitBreaker>,
     /// Retry with back-off through the broker, then `<queue>.dlq`.
     pub retry: Option<Retry>,
+    /// Ordered partitions: the queue is `<queue>.0` … `<queue>.N-1`, each single-active-consumer
+    /// and bound with `<key>.<p>` (see [`crate::Partitions`]).
+    pub partitions: Option<u16>,
     /// The generated handler.
     pub handler: fn(Delivery) -> futures::future::BoxFuture<'static, Outcome>,
     /// `file:line` of the `#[rabbit_listener]` attribute, for error messages.
@@ -87,7 +91,8 @@ impl ListenerDefinition {
         all
     }
 
-    /// What this listener needs declared: its exchange, its queue, and a binding per key.
+    /// What this listener needs declared: its exchange, its queue, and a binding per key; for a
+    /// partitioned listener, each partition's queue and a binding per key and partition.
     pub fn declarations(&self) -> Vec<Declarable> {
         let mut queue = Queue::durable(self.queue).with_durable(self.durable);
         if self.exclusive {
@@ -99,6 +104,9 @@ impl ListenerDefinition {
         for (key, value) in self.queue_arguments {
             queue = queue.argument(key, value.to_amqp());
         }
+        // The macro allows 1..=Partitions::MAX only; a hand-made definition out of range is
+        // reported when the listener starts.
+        let partitions = self.partitions.and_then(|n| Partitions::new(n).ok());
         let mut out = Vec::new();
         if let Some(exchange) = self.exchange {
             let kind = match self.exchange_type {
@@ -110,7 +118,10 @@ impl ListenerDefinition {
             };
             out.push(Exchange::new(exchange, kind).into());
         }
-        out.push(queue.into());
+        match partitions {
+            Some(partitions) => out.extend(partitions.queues(&queue)),
+            None => out.push(queue.into()),
+        }
         if let Some(exchange) = self.exchange {
             let keys: &[&str] = if self.keys.is_empty() {
                 &[""]
@@ -118,6 +129,10 @@ impl ListenerDefinition {
                 self.keys
             };
             for key in keys {
+                if let Some(partitions) = partitions {
+                    out.extend(partitions.bindings(self.queue, exchange, key));
+                    continue;
+                }
                 let mut binding = Binding::queue(self.queue).to(exchange).key(*key);
                 for (k, v) in self.binding_arguments {
                     binding = binding.argument(k, v.to_amqp());

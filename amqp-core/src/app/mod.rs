@@ -268,9 +268,14 @@ impl App {
                 None => Arc::new(def.handler),
                 Some(spy) => spied(def, spy.clone()),
             };
+            // A partition has one active consumer: the app-wide concurrency does not apply.
+            let concurrency = match def.partitions {
+                Some(_) => def.concurrency.unwrap_or(1),
+                None => def.concurrency.unwrap_or(self.concurrency),
+            };
             let mut listener = Listener::on(def.queue)
                 .prefetch(def.prefetch.unwrap_or(self.prefetch))
-                .concurrency(def.concurrency.unwrap_or(self.concurrency))
+                .concurrency(concurrency)
                 .ack_mode(def.ack)
                 .shutdown_timeout(self.shutdown_timeout)
                 .state_map(self.state.clone());
@@ -285,6 +290,9 @@ impl App {
             }
             if let Some(retry) = def.retry {
                 listener = listener.retry(retry);
+            }
+            if let Some(n) = def.partitions {
+                listener = listener.partitions(n);
             }
             let handle = listener.delivery_handler(handler).start(&conn).await?;
             tracing::info!(listener = def.id, queue = def.queue, "listening");

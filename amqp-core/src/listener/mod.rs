@@ -69,6 +69,8 @@ pub struct ListenerBuilder<C = JsonConverter> {
     rate: Option<Rate>,
     circuit_breaker: Option<CircuitBreaker>,
     retry: Option<Retry>,
+    /// Consume `<queue>.0` … `<queue>.N-1` instead of `queue` (ordered partitions).
+    partitions: Option<u16>,
 }
 
 /// A queue with a handler, ready to [`start`](Listener::start).
@@ -131,6 +133,7 @@ impl Listener<JsonConverter> {
             rate: None,
             circuit_breaker: None,
             retry: None,
+            partitions: None,
         }
     }
 }
@@ -174,6 +177,7 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
             rate: self.rate,
             circuit_breaker: self.circuit_breaker,
             retry: self.retry,
+            partitions: self.partitions,
         }
     }
 
@@ -212,7 +216,10 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
     /// `x-retry-attempt` header, then acked, so the queue keeps flowing meanwhile. When the
     /// attempts are spent, or the error is permanent ([`ListenerError::reject`], a body that does
     /// not convert), the message goes to `<queue>.dlq` (declared when the listener starts) with
-    /// the error in headers. [`ListenerError::requeue`] still requeues at once.
+    /// the error in headers. [`ListenerError::requeue`] still requeues at once. With
+    /// [`partitions`](Self::partitions), each partition `<queue>.<p>` has its own
+    /// `<queue>.<p>.dlq`, and a retried message comes back to its partition after the delay
+    /// (behind the messages that arrived meanwhile: retries give up that key's order).
     ///
     /// Needs [`AckMode::Auto`]. Each re-publish waits for its publisher confirm before the ack,
     /// so a message is never lost between the two (a crash in between may duplicate it).
@@ -230,6 +237,22 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
     /// ```
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// Consumes the `n` partitions of the queue, `<queue>.0` … `<queue>.<n-1>`, one consumer each
+    /// (see [`crate::Partitions`]). With single-active-consumer queues
+    /// ([`crate::Partitions::queues`] declares them so), each partition is handled by one process
+    /// at a time, in order, and a standby process takes over when it dies. Not with a
+    /// `concurrency` above 1: a partition's second consumer would only stand by.
+    ///
+    /// ```
+    /// # use amqp_core::Listener;
+    /// let builder = Listener::on("accounts").partitions(4).prefetch(50);
+    /// # let _ = builder;
+    /// ```
+    pub fn partitions(mut self, n: u16) -> Self {
+        self.partitions = Some(n);
         self
     }
 
@@ -295,6 +318,7 @@ impl<C: MessageConverter + Clone> Listener<C> {
                 self.settings.queue
             )));
         }
+        let queues = self.queues()?;
         if let Some(retry) = &self.settings.retry {
             let queue = &self.settings.queue;
             if self.settings.ack_mode != AckMode::Auto {
@@ -305,29 +329,42 @@ impl<C: MessageConverter + Clone> Listener<C> {
             retry.check().map_err(|e| {
                 crate::Error::Configuration(format!("listener on '{queue}': retry: {e}"))
             })?;
-            conn.declare(Queue::durable(crate::retry::dead_letter_queue(queue)))
-                .await?;
+            for q in &queues {
+                conn.declare(Queue::durable(crate::retry::dead_letter_queue(q)))
+                    .await?;
+            }
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(worker::Context {
-            queue: self.settings.queue.clone(),
-            prefetch: self.settings.prefetch,
-            ack_mode: self.settings.ack_mode,
-            handler: self.handler,
-            state: Arc::new(self.settings.state.clone()),
-            conn: conn.clone(),
-            replies: crate::Template::new(conn.clone()),
-            idempotency: self.settings.idempotency,
-            rate: self.settings.rate.map(TokenBucket::new),
-            breaker: self.settings.circuit_breaker.map(Breaker::new),
-            retry: self.settings.retry,
-        });
-        let mut workers = Vec::with_capacity(self.settings.concurrency);
-        let mut ready = Vec::with_capacity(self.settings.concurrency);
-        for _ in 0..self.settings.concurrency {
-            let (tx, rx) = oneshot::channel();
-            workers.push(tokio::spawn(worker::run(ctx.clone(), tx, stop_rx.clone())));
-            ready.push(rx);
+        let state = Arc::new(self.settings.state.clone());
+        let replies = crate::Template::new(conn.clone());
+        // Shared by every consumer, of every partition.
+        let rate = self.settings.rate.map(|r| Arc::new(TokenBucket::new(r)));
+        let breaker = self
+            .settings
+            .circuit_breaker
+            .map(|b| Arc::new(Breaker::new(b)));
+        let consumers = queues.len() * self.settings.concurrency;
+        let mut workers = Vec::with_capacity(consumers);
+        let mut ready = Vec::with_capacity(consumers);
+        for queue in queues {
+            let ctx = Arc::new(worker::Context {
+                queue,
+                prefetch: self.settings.prefetch,
+                ack_mode: self.settings.ack_mode,
+                handler: self.handler.clone(),
+                state: state.clone(),
+                conn: conn.clone(),
+                replies: replies.clone(),
+                idempotency: self.settings.idempotency.clone(),
+                rate: rate.clone(),
+                breaker: breaker.clone(),
+                retry: self.settings.retry,
+            });
+            for _ in 0..self.settings.concurrency {
+                let (tx, rx) = oneshot::channel();
+                workers.push(tokio::spawn(worker::run(ctx.clone(), tx, stop_rx.clone())));
+                ready.push(rx);
+            }
         }
         let handle = ListenerHandle {
             queue: self.settings.queue,
@@ -343,6 +380,24 @@ impl<C: MessageConverter + Clone> Listener<C> {
             }
         }
         Ok(handle)
+    }
+
+    /// The queues to consume: the queue, or its partitions.
+    fn queues(&self) -> Result<Vec<String>> {
+        let settings = &self.settings;
+        let Some(n) = settings.partitions else {
+            return Ok(vec![settings.queue.clone()]);
+        };
+        let partitions = crate::Partitions::new(n).map_err(|e| {
+            crate::Error::Configuration(format!("listener on '{}': {e}", settings.queue))
+        })?;
+        if settings.concurrency > 1 {
+            return Err(crate::Error::Configuration(format!(
+                "listener on '{}': each of its {n} partitions has a single active consumer, so a concurrency of {} would only add idle consumers; raise the number of partitions instead",
+                settings.queue, settings.concurrency
+            )));
+        }
+        Ok(partitions.queue_names(&settings.queue))
     }
 }
 

@@ -39,10 +39,10 @@ pub(crate) struct Context {
     pub replies: Template,
     /// Deduplication by message id, if the listener is idempotent.
     pub idempotency: Option<Idempotency>,
-    /// The rate limit shared by the listener's consumers.
-    pub rate: Option<TokenBucket>,
-    /// The circuit breaker shared by the listener's consumers.
-    pub breaker: Option<Breaker>,
+    /// The rate limit shared by the listener's consumers (of all its partitions).
+    pub rate: Option<Arc<TokenBucket>>,
+    /// The circuit breaker shared by the listener's consumers (of all its partitions).
+    pub breaker: Option<Arc<Breaker>>,
     /// Failed deliveries are re-published with back-off, then go to `<queue>.dlq`.
     pub retry: Option<Retry>,
 }
@@ -138,7 +138,7 @@ async fn consume(
     consumer: &mut lapin::Consumer,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let mut open = ctx.breaker.as_ref().map(Breaker::subscribe);
+    let mut open = ctx.breaker.as_deref().map(Breaker::subscribe);
     loop {
         tokio::select! {
             biased;

@@ -100,6 +100,7 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
         Ack::None => quote!(::amqp_core::AckMode::None),
     };
     let idempotent = config.idempotent;
+    let partitions = optional(config.partitions.map(Literal::u16_unsuffixed));
     let rate = match config.rate {
         Some((count, per_ms)) => quote!(::core::option::Option::Some(
             ::amqp_core::__private::rate(#count, #per_ms)
@@ -145,6 +146,7 @@ fn definition(config: &Config, handler: &Handler) -> TokenStream {
             rate: #rate,
             circuit_breaker: #circuit_breaker,
             retry: #retry,
+            partitions: #partitions,
             handler: __amqp_listener_handler,
             location: ::core::concat!(::core::file!(), ":", ::core::line!()),
         }

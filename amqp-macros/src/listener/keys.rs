@@ -112,6 +112,7 @@ keys! {
     Rate rate: Str, "rate = \"200/s\"";
     CircuitBreaker circuit_breaker: Table, "circuit_breaker(failure_percent = 50, min_calls = 10, window = \"10s\", cool_down = \"30s\")";
     Retry retry: Table, "retry(max_attempts = 5, initial = \"100ms\", multiplier = 2.0, max = \"10s\")";
+    Partitions partitions: Int, "partitions = 4";
 }
 
 /// "unknown key `quue`: did you mean `queue`? The keys are …", at the unknown token.

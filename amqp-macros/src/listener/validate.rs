@@ -38,6 +38,8 @@ pub(crate) struct Config {
     pub(crate) rate: Option<(u32, u64)>,
     pub(crate) circuit_breaker: Option<Breaker>,
     pub(crate) retry: Option<Retry>,
+    /// `partitions = N`: ordered partitions `<queue>.0` … `<queue>.N-1`.
+    pub(crate) partitions: Option<u16>,
 }
 
 /// `circuit_breaker(...)`, with defaults for what is left out.
@@ -207,6 +209,7 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
             "retry re-publishes a failed message and then acks it, so it needs `ack = \"auto\"`: remove `ack = ...` or `retry(...)`",
         );
     }
+    let partitions = partitions(&v, concurrency, exchange_type, errors);
 
     if errors.count() > before {
         return None;
@@ -229,7 +232,35 @@ fn config(v: Values, errors: &mut Errors) -> Option<Config> {
         rate,
         circuit_breaker,
         retry,
+        partitions,
     })
+}
+
+/// The most partitions (as `amqp_core::Partitions::MAX`).
+const MAX_PARTITIONS: i128 = 1024;
+
+/// `partitions = N`: from 1 to 1024, one consumer per partition, routed by routing key.
+fn partitions(
+    v: &Values,
+    concurrency: Option<(i128, &syn::Expr)>,
+    exchange_type: Option<&str>,
+    errors: &mut Errors,
+) -> Option<u16> {
+    let (n, _) = v.int(Key::Partitions, 1, MAX_PARTITIONS, errors)?;
+    let ident = v.ident(Key::Partitions)?;
+    if let Some((consumers, expr)) = concurrency.filter(|(c, _)| *c > 1) {
+        errors.spanned(
+            expr,
+            format!("each of the {n} partitions has a single active consumer, so `concurrency = {consumers}` would only add idle consumers: remove `concurrency` and raise `partitions` for more parallelism"),
+        );
+    }
+    if let Some(kind @ ("fanout" | "headers")) = exchange_type {
+        errors.spanned(
+            ident,
+            format!("partitions are chosen by routing key, which a {kind} exchange ignores: use a direct or topic exchange, or remove `partitions`"),
+        );
+    }
+    Some(n as u16)
 }
 
 /// `"200/s"` as (200, 1000 ms).

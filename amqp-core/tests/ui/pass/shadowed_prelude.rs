@@ -63,6 +63,11 @@ async fn on_audit(acker: Acker, order: Order) -> Result<()> {
     ::core::result::Result::Ok(())
 }
 
+#[rabbit_listener(queue = "accounts", exchange = "accounts", key = "account.*", partitions = 4, concurrency = 1, prefetch = 1)]
+async fn on_account(order: Order) {
+    let _ = order.id;
+}
+
 #[rabbit_listener(queue = "plain")]
 async fn plain(order: Order) {
     let _ = order.id;

@@ -16,6 +16,9 @@ mod hello_example;
 #[path = "../examples/pub_sub.rs"]
 mod pub_sub_example;
 #[allow(dead_code)]
+#[path = "../examples/registration_email.rs"]
+mod registration_email_example;
+#[allow(dead_code)]
 #[path = "../examples/routing.rs"]
 mod routing_example;
 #[allow(dead_code)]
@@ -51,6 +54,17 @@ macro_rules! on_both {
 }
 
 on_both!(hello, work_queues, pub_sub, routing, topics, rpc);
+on_both!(registration_email);
+
+/// A fresh folder for one test's output files.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("examples-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
 
 async fn hello(app: App) {
     let report = hello_example::run(app).await.expect("hello runs");
@@ -141,4 +155,47 @@ async fn rpc(app: App) {
             ("1 x wedding cake".to_string(), Outcome::TimedOut),
         ]
     );
+}
+
+async fn registration_email(app: App) {
+    use registration_email_example::{Mailer, SIGN_UPS, run};
+    let dir = scratch_dir("registration_email");
+    let report = run(app, Mailer::files(dir.clone()).expect("mail folder"))
+        .await
+        .expect("registration_email runs");
+    assert_eq!(report.registered.len(), 3, "{report}");
+    assert_eq!(report.refused.len(), 1, "{report}");
+    assert!(report.refused[0].contains("dan-at-example.com"), "{report}");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("mail folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "one .eml file per registration: {files:?}");
+    for (user, _) in &report.registered {
+        let (name, email) = SIGN_UPS
+            .iter()
+            .find(|(n, _)| *n == user.name)
+            .expect("a demo user");
+        let mail = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).expect("an .eml file"))
+            .find(|text| text.contains(&format!("To: {name} <{email}>")))
+            .unwrap_or_else(|| panic!("no e-mail to {email} in {files:?}"));
+        assert!(
+            mail.contains("From: Shop <no-reply@shop.example>"),
+            "{mail}"
+        );
+        assert!(
+            mail.contains(&format!(
+                "Subject: Welcome, {name}: please confirm your address"
+            )),
+            "{mail}"
+        );
+        assert!(
+            mail.contains(&format!("https://shop.example/confirm?code={}", user.code)),
+            "the link carries the user's code: {mail}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,6 +13,9 @@ use amqp_core::App;
 #[path = "../examples/hello.rs"]
 mod hello_example;
 #[allow(dead_code)]
+#[path = "../examples/login_log.rs"]
+mod login_log_example;
+#[allow(dead_code)]
 #[path = "../examples/pub_sub.rs"]
 mod pub_sub_example;
 #[allow(dead_code)]
@@ -54,7 +57,29 @@ macro_rules! on_both {
 }
 
 on_both!(hello, work_queues, pub_sub, routing, topics, rpc);
-on_both!(registration_email);
+on_both!(registration_email, login_log);
+
+/// The PostgreSQL of `DATABASE_URL` (default: the local one this machine and CI run).
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "host=127.0.0.1 user=postgres dbname=test".into())
+}
+
+/// Drops the tables a PostgreSQL test created.
+async fn drop_tables(tables: &[&str]) {
+    let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL answers");
+    tokio::spawn(connection);
+    for table in tables {
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await
+            .expect("drop table");
+    }
+}
 
 /// A fresh folder for one test's output files.
 fn scratch_dir(name: &str) -> std::path::PathBuf {
@@ -198,4 +223,59 @@ async fn registration_email(app: App) {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The examples that keep their data in PostgreSQL with `DATABASE_URL`, on the embedded broker.
+mod postgres {
+    use super::login_log_example::Database;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn login_log() {
+        let table = format!("login_records_{}", std::process::id());
+        let db = Database::Postgres {
+            url: super::database_url(),
+            table: table.clone(),
+        };
+        super::check_login_log(amqp_core::App::new().embedded(), db).await;
+        super::drop_tables(&[&table]).await;
+    }
+}
+
+async fn login_log(app: App) {
+    let dir = scratch_dir("login_log");
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let db = login_log_example::Database::Sqlite {
+        path: dir.join("logins.sqlite"),
+        table: "login_records".into(),
+    };
+    check_login_log(app, db).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn check_login_log(app: App, db: login_log_example::Database) {
+    use login_log_example::{LOGGING_TIME, run};
+    let report = run(app, db).await.expect("login_log runs");
+    assert_eq!(report.wrong_password, 401, "{report}");
+    assert_eq!(report.logins.len(), 10, "{report}");
+    assert_eq!(report.before_stop, 5, "{report}");
+    assert_eq!(
+        report.while_stopped, 5,
+        "nothing recorded while stopped: {report}"
+    );
+    for (id, _) in &report.logins {
+        assert!(
+            report.recorded.contains(id),
+            "login {id} has no record: {report}"
+        );
+    }
+    let mean = report
+        .logins
+        .iter()
+        .map(|(_, d)| *d)
+        .sum::<std::time::Duration>()
+        / 10;
+    assert!(
+        mean < LOGGING_TIME,
+        "a login is answered before its record is written: {report}"
+    );
 }

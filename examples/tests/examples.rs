@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use amqp_core::App;
 
 #[allow(dead_code)]
+#[path = "../examples/data_sync.rs"]
+mod data_sync_example;
+#[allow(dead_code)]
 #[path = "../examples/hello.rs"]
 mod hello_example;
 #[allow(dead_code)]
@@ -57,7 +60,7 @@ macro_rules! on_both {
 }
 
 on_both!(hello, work_queues, pub_sub, routing, topics, rpc);
-on_both!(registration_email, login_log);
+on_both!(registration_email, login_log, data_sync);
 
 /// The PostgreSQL of `DATABASE_URL` (default: the local one this machine and CI run).
 fn database_url() -> String {
@@ -81,13 +84,14 @@ async fn drop_tables(tables: &[&str]) {
     }
 }
 
-/// A fresh folder for one test's output files.
+/// A fresh, empty folder for one test's files.
 fn scratch_dir(name: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("examples-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
 
@@ -239,11 +243,21 @@ mod postgres {
         super::check_login_log(amqp_core::App::new().embedded(), db).await;
         super::drop_tables(&[&table]).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_sync() {
+        let prefix = format!("data_sync_{}_", std::process::id());
+        let db = super::data_sync_example::Database::Postgres {
+            url: super::database_url(),
+            prefix: prefix.clone(),
+        };
+        super::check_data_sync(amqp_core::App::new().embedded(), db).await;
+        super::drop_tables(&[&format!("{prefix}products"), &format!("{prefix}outbox")]).await;
+    }
 }
 
 async fn login_log(app: App) {
     let dir = scratch_dir("login_log");
-    std::fs::create_dir_all(&dir).expect("scratch dir");
     let db = login_log_example::Database::Sqlite {
         path: dir.join("logins.sqlite"),
         table: "login_records".into(),
@@ -278,4 +292,127 @@ async fn check_login_log(app: App, db: login_log_example::Database) {
         mean < LOGGING_TIME,
         "a login is answered before its record is written: {report}"
     );
+}
+
+async fn data_sync(app: App) {
+    let dir = scratch_dir("data_sync");
+    let db = data_sync_example::Database::Sqlite {
+        path: dir.join("catalog.sqlite"),
+    };
+    check_data_sync(app, db).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn check_data_sync(app: App, db: data_sync_example::Database) {
+    let dir = scratch_dir("data_sync_out");
+    // `run` itself fails unless the site and the search index end up matching the database.
+    let report = data_sync_example::run(app, db, &dir)
+        .await
+        .expect("data_sync runs");
+    let named: Vec<_> = report
+        .products
+        .iter()
+        .map(|p| (p.name.as_str(), p.price_cents, p.version))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("Desk lamp", 2499, 2),
+            ("Oak standing desk", 31900, 2),
+            ("Office chair", 12900, 1)
+        ],
+        "{report}"
+    );
+    let lamps: Vec<_> = report.lamps.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(lamps, ["Desk lamp"], "the deleted lamp shade is not found");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The broker stops in the middle of a burst of changes and comes back on the same port with
+/// its data directory: the outbox holds what could not be published, the durable queues keep
+/// what was, and every page ends up matching the database (a redelivered older version does not
+/// overwrite a newer page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sync_survives_a_broker_restart() {
+    use data_sync_example::{DataSync, Database, burst};
+    use std::time::Duration;
+    let dir = scratch_dir("data_sync_restart");
+    let data_dir = dir.join("broker");
+    let start_broker = |port: u16| {
+        amqp_broker::Broker::builder()
+            .port(port)
+            .data_dir(&data_dir)
+            .start()
+    };
+    let broker = start_broker(0).await.expect("broker starts");
+    let port = broker.port();
+    let db = Database::Sqlite {
+        path: dir.join("catalog.sqlite"),
+    };
+    let sync = DataSync::start(App::new().url(broker.amqp_url()), &db, &dir)
+        .await
+        .expect("data_sync starts");
+    let catalog = sync.catalog.clone();
+    let changes = tokio::spawn(async move { burst(&catalog, 300, Duration::from_millis(5)).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!changes.is_finished(), "the broker stops mid-burst");
+    broker.shutdown().await.expect("broker stops");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let unsent: i64 = rusqlite::Connection::open(dir.join("catalog.sqlite"))
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .expect("count unsent events");
+    assert!(
+        unsent > 0,
+        "changes made during the outage wait in the outbox"
+    );
+    let broker = start_broker(port)
+        .await
+        .expect("broker restarts on its port");
+    changes
+        .await
+        .expect("burst task")
+        .expect("every change committed");
+    let took = sync.wait_in_sync(Duration::from_secs(60)).await;
+    sync.shutdown().await;
+    let _ = broker.shutdown().await;
+    took.expect("the site and the search index match the database");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The site applies each product's changes by version: an older one arriving late (a
+/// redelivery) neither overwrites a newer page nor brings a deleted product back.
+#[test]
+fn data_sync_ignores_older_versions() {
+    use data_sync_example::site::{Site, check};
+    use data_sync_example::{Product, ProductChanged};
+    let dir = scratch_dir("data_sync_versions");
+    let site = Site::open(dir.clone()).expect("site folder");
+    let lamp = |version, price_cents| Product {
+        id: 7,
+        name: "Desk lamp".into(),
+        price_cents,
+        version,
+    };
+    let saved = |p: &Product| ProductChanged::Saved(p.clone());
+    assert!(site.apply(&saved(&lamp(2, 2499))).expect("write"));
+    assert!(!site.apply(&saved(&lamp(1, 2999))).expect("write"), "older");
+    assert_eq!(check(&dir, &[lamp(2, 2499)]), Ok(()));
+    let deleted = ProductChanged::Deleted { id: 7, version: 3 };
+    assert!(site.apply(&deleted).expect("write"));
+    assert!(
+        !site.apply(&saved(&lamp(2, 2499))).expect("write"),
+        "older than the delete"
+    );
+    assert_eq!(check(&dir, &[]), Ok(()));
+    // A new site process reads the versions back from its folder.
+    let reopened = Site::open(dir.clone()).expect("site folder");
+    assert!(!reopened.apply(&saved(&lamp(2, 2499))).expect("write"));
+    assert_eq!(check(&dir, &[]), Ok(()));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,6 +22,8 @@
 
 #[path = "data_sync/catalog.rs"]
 mod catalog;
+#[path = "data_sync/event.rs"]
+mod event;
 #[path = "data_sync/replica.rs"]
 mod replica;
 #[path = "data_sync/search.rs"]
@@ -36,9 +38,8 @@ use std::time::{Duration, Instant};
 
 use amqp_core::outbox::RelayHandle;
 use amqp_core::{App, ListenerError, RunningApp, State, rabbit_listener};
-use serde::{Deserialize, Serialize};
-
-pub use catalog::{Catalog, Database};
+pub use catalog::{Catalog, Database, burst};
+pub use event::{Product, ProductChanged};
 use search::{IndexFile, SearchIndex};
 use site::Site;
 
@@ -48,48 +49,18 @@ pub const LISTENERS: [&str; 2] = ["data_sync.site", "data_sync.search"];
 /// Where product changes are published (`product.created`, `product.updated`, `product.deleted`).
 pub const EXCHANGE: &str = "data_sync.products";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Product {
-    pub id: i64,
-    pub name: String,
-    pub price_cents: i64,
-    /// 1 when created, one more at each change.
-    pub version: i64,
-}
-
-/// The event: the product as saved, or its deletion (with the version after its last one).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ProductChanged {
-    Saved(Product),
-    Deleted { id: i64, version: i64 },
-}
-
-impl ProductChanged {
-    pub fn id(&self) -> i64 {
-        match self {
-            ProductChanged::Saved(p) => p.id,
-            ProductChanged::Deleted { id, .. } => *id,
-        }
+/// A listener's answer: done (an older version is ignored, and said so), or back to the queue
+/// to be tried again after an error that time may cure (a full disk, say).
+fn outcome(
+    copy: &str,
+    change: &ProductChanged,
+    applied: anyhow::Result<bool>,
+) -> Result<(), ListenerError> {
+    if !applied.map_err(|e| ListenerError::requeue(e.to_string()))? {
+        let (id, version) = (change.id(), change.version());
+        println!("[{copy}] ignored version {version} of product {id}: it has a newer one");
     }
-
-    pub fn version(&self) -> i64 {
-        match self {
-            ProductChanged::Saved(p) => p.version,
-            ProductChanged::Deleted { version, .. } => *version,
-        }
-    }
-
-    fn into_product(self) -> Option<Product> {
-        match self {
-            ProductChanged::Saved(p) => Some(p),
-            ProductChanged::Deleted { .. } => None,
-        }
-    }
-}
-
-/// An error that a retry may cure (a full disk, say): back to the queue.
-fn retry(e: anyhow::Error) -> ListenerError {
-    ListenerError::requeue(e.to_string())
+    Ok(())
 }
 
 #[rabbit_listener(
@@ -104,14 +75,7 @@ async fn update_site(
     State(site): State<Site>,
     change: ProductChanged,
 ) -> Result<(), ListenerError> {
-    if !site.apply(&change).map_err(retry)? {
-        println!(
-            "[site]   ignored version {} of product {}: the page is newer",
-            change.version(),
-            change.id()
-        );
-    }
-    Ok(())
+    outcome("site", &change, site.apply(&change))
 }
 
 #[rabbit_listener(
@@ -126,14 +90,7 @@ async fn update_search(
     State(index): State<SearchIndex>,
     change: ProductChanged,
 ) -> Result<(), ListenerError> {
-    if !index.apply(&change).map_err(retry)? {
-        println!(
-            "[search] ignored version {} of product {}: the index is newer",
-            change.version(),
-            change.id()
-        );
-    }
-    Ok(())
+    outcome("search", &change, index.apply(&change))
 }
 
 /// The running system: the product service's catalog, its outbox relay, and the two listeners.
@@ -191,34 +148,6 @@ impl DataSync {
         self.relay.shutdown().await;
         self.app.shutdown().await;
     }
-}
-
-/// `changes` creates, updates and deletes, in a fixed pseudo-random mix, `pause` apart.
-pub async fn burst(catalog: &Catalog, changes: usize, pause: Duration) -> anyhow::Result<()> {
-    let mut live: Vec<i64> = catalog.products().await?.iter().map(|p| p.id).collect();
-    for n in 0..changes {
-        let pick = (n * 7919) % live.len().max(1);
-        if live.len() < 5 || n % 5 == 0 {
-            live.push(
-                catalog
-                    .create(&format!("Gadget {n}"), 100 + n as i64)
-                    .await?
-                    .id,
-            );
-        } else if n % 11 == 0 {
-            catalog.delete(live.swap_remove(pick)).await?;
-        } else {
-            catalog
-                .update(
-                    live[pick],
-                    &format!("Gadget {n} mk{}", n % 3),
-                    500 + n as i64,
-                )
-                .await?;
-        }
-        tokio::time::sleep(pause).await;
-    }
-    Ok(())
 }
 
 /// The demo's outcome.

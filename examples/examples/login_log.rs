@@ -26,13 +26,12 @@ mod records;
 mod web;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amqp_core::{App, ListenerError, RunningApp, State, rabbit_listener};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use records::{Database, LoginRecords};
 use web::{USERS, serve};
@@ -102,46 +101,6 @@ pub struct Report {
     pub recorded: Vec<String>,
 }
 
-/// Logs in `n` times, round-robin over the demo users.
-async fn log_in(addr: SocketAddr, n: usize, report: &mut Report) -> anyhow::Result<()> {
-    for (user, password) in USERS.iter().cycle().take(n) {
-        let started = Instant::now();
-        let body = json!({ "user": user, "password": password }).to_string();
-        let (status, answer) = client::post_json(addr, "/login", &body).await?;
-        anyhow::ensure!(status == 200, "login of {user}: {status} {answer}");
-        let answer: Value = serde_json::from_str(&answer)?;
-        let id = answer["login_id"].as_str().unwrap_or_default().to_owned();
-        println!(
-            "[web] {user} logged in: HTTP {status} in {:.1} ms",
-            started.elapsed().as_secs_f64() * 1e3
-        );
-        report.logins.push((id, started.elapsed()));
-    }
-    Ok(())
-}
-
-/// How many of this run's logins have a record, waiting up to `wait` for `expected` of them.
-async fn records_of(
-    records: &LoginRecords,
-    report: &Report,
-    expected: usize,
-    wait: Duration,
-) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let stored = records.login_ids().await?;
-        let n = report
-            .logins
-            .iter()
-            .filter(|(id, _)| stored.contains(id))
-            .count();
-        if n >= expected || Instant::now() >= deadline {
-            return Ok(n);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The demo: 5 logins, logger stopped, 5 more, logger back.
 pub async fn run(app: App, db: Database) -> anyhow::Result<Report> {
     let records = Arc::new(LoginRecords::open(&db).await?);
@@ -158,17 +117,29 @@ pub async fn run(app: App, db: Database) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let body = json!({ "user": "ann", "password": "guess" }).to_string();
     report.wrong_password = client::post_json(addr, "/login", &body).await?.0;
-    log_in(addr, 5, &mut report).await?;
-    report.before_stop = records_of(&records, &report, 5, Duration::from_secs(10)).await?;
+    report.logins.extend(client::log_in(addr, &USERS, 5).await?);
+    let ids = |r: &Report| {
+        r.logins
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>()
+    };
+    report.before_stop = records
+        .count(&ids(&report), Duration::from_secs(10))
+        .await?;
 
     println!("stopping the log listener");
     logger.shutdown().await;
-    log_in(addr, 5, &mut report).await?;
-    report.while_stopped = records_of(&records, &report, 10, Duration::from_millis(500)).await?;
+    report.logins.extend(client::log_in(addr, &USERS, 5).await?);
+    report.while_stopped = records
+        .count(&ids(&report), Duration::from_millis(500))
+        .await?;
 
     println!("starting the log listener again");
     logger = start_logger(web.url(), &records).await?;
-    records_of(&records, &report, 10, Duration::from_secs(10)).await?;
+    records
+        .count(&ids(&report), Duration::from_secs(10))
+        .await?;
     report.recorded = records.login_ids().await?;
     logger.shutdown().await;
     let _ = stop.send(());
@@ -228,7 +199,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--serve") {
         let records = Arc::new(LoginRecords::open(&db).await?);
         let app = App::new().state(records).start().await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:3000")
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:3000: {e}"))?;
         println!(
             "login service on http://127.0.0.1:3000/login (users: ann/wonderland, bob/builder); Ctrl-C stops"
         );

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The records table.
 #[derive(Debug)]
@@ -120,6 +121,19 @@ impl LoginRecords {
                     .await?;
                 Ok(rows.iter().map(|r| r.get(0)).collect())
             }
+        }
+    }
+
+    /// How many of `ids` have a record, waiting up to `wait` for all of them.
+    pub async fn count(&self, ids: &[String], wait: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let stored = self.login_ids().await?;
+            let n = ids.iter().filter(|id| stored.contains(id)).count();
+            if n == ids.len() || Instant::now() >= deadline {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -4,6 +4,10 @@
 //!
 //! Each example file is compiled in here as a module; its `run(app)` selects its own listeners
 //! (their ids are unique across the examples), so all of them share this one test binary.
+//!
+//! The examples that keep data in a database also run on PostgreSQL (`postgres::NAME`, at
+//! `DATABASE_URL` or the local default, with tables named for the run), and `data_sync` is run
+//! across a broker restart in the middle of a burst of changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -381,7 +385,8 @@ async fn data_sync_survives_a_broker_restart() {
     let took = sync.wait_in_sync(Duration::from_secs(60)).await;
     sync.shutdown().await;
     let _ = broker.shutdown().await;
-    took.expect("the site and the search index match the database");
+    let took = took.expect("the site and the search index match the database");
+    eprintln!("{unsent} changes waited in the outbox; in sync {took:?} after the burst ended");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -298,7 +298,11 @@ async fn check_login_log(app: App, db: login_log_example::Database) {
     );
 }
 
+/// The data_sync tests on RabbitMQ use the same queues, so they take turns.
+static DATA_SYNC_QUEUES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn data_sync(app: App) {
+    let _turn = DATA_SYNC_QUEUES.lock().await;
     let dir = scratch_dir("data_sync");
     let db = data_sync_example::Database::Sqlite {
         path: dir.join("catalog.sqlite"),
@@ -419,5 +423,49 @@ fn data_sync_ignores_older_versions() {
     let reopened = Site::open(dir.clone()).expect("site folder");
     assert!(!reopened.apply(&saved(&lamp(2, 2499))).expect("write"));
     assert_eq!(check(&dir, &[]), Ok(()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On RabbitMQ (shared by the tests, so not restarted): the app's connection is closed from the
+/// broker's side during a burst of changes, and once more after it came back. The relay and the listeners reconnect, the
+/// deliveries they had not acked come again (older versions are ignored), and every page ends up
+/// matching the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sync_survives_lost_connections_rabbitmq() {
+    use data_sync_example::{DataSync, Database, burst};
+    use std::time::Duration;
+    let Some(rabbitmq) = tests::TestBroker::rabbitmq().await else {
+        eprintln!("skipped: set {RABBITMQ_URL_VAR} to run this against RabbitMQ");
+        return;
+    };
+    let _turn = DATA_SYNC_QUEUES.lock().await;
+    let dir = scratch_dir("data_sync_lost_connections");
+    let name = format!("data_sync-{}", std::process::id());
+    let db = Database::Sqlite {
+        path: dir.join("catalog.sqlite"),
+    };
+    let app = App::new().url(rabbitmq.url()).connection_name(&name);
+    let sync = DataSync::start(app, &db, &dir)
+        .await
+        .expect("data_sync starts");
+    let catalog = sync.catalog.clone();
+    let changes =
+        tokio::spawn(async move { burst(&catalog, 400, Duration::from_millis(10)).await });
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if round == 0 {
+            assert!(!changes.is_finished(), "the connection is closed mid-burst");
+        }
+        let closed = rabbitmq.close_connections_named(&name).await;
+        assert!(closed >= 1, "the app's connection was closed");
+    }
+    changes
+        .await
+        .expect("burst task")
+        .expect("every change committed");
+    let took = sync.wait_in_sync(Duration::from_secs(60)).await;
+    sync.shutdown().await;
+    let took = took.expect("the site and the search index match the database");
+    eprintln!("in sync {took:?} after the burst ended");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -286,14 +286,12 @@ async fn check_login_log(app: App, db: login_log_example::Database) {
             "login {id} has no record: {report}"
         );
     }
-    let mean = report
-        .logins
-        .iter()
-        .map(|(_, d)| *d)
-        .sum::<std::time::Duration>()
-        / 10;
+    // The median, so that one answer slowed by a busy machine does not decide: were the record
+    // written before answering, every answer would take at least LOGGING_TIME.
+    let mut times: Vec<_> = report.logins.iter().map(|(_, d)| *d).collect();
+    times.sort();
     assert!(
-        mean < LOGGING_TIME,
+        times[times.len() / 2] < LOGGING_TIME,
         "a login is answered before its record is written: {report}"
     );
 }

@@ -30,18 +30,19 @@ mod replica;
 pub mod search;
 #[path = "data_sync/site.rs"]
 pub mod site;
+#[path = "data_sync/system.rs"]
+mod system;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amqp_core::outbox::RelayHandle;
-use amqp_core::{App, ListenerError, RunningApp, State, rabbit_listener};
-pub use catalog::{Catalog, Database, burst};
+use amqp_core::{App, ListenerError, State, rabbit_listener};
+pub use catalog::{Catalog, Database};
 pub use event::{Product, ProductChanged};
 use search::{IndexFile, SearchIndex};
 use site::Site;
+pub use system::{DataSync, burst};
 
 /// The listeners of this example (their ids).
 pub const LISTENERS: [&str; 2] = ["data_sync.site", "data_sync.search"];
@@ -91,63 +92,6 @@ async fn update_search(
     change: ProductChanged,
 ) -> Result<(), ListenerError> {
     outcome("search", &change, index.apply(&change))
-}
-
-/// The running system: the product service's catalog, its outbox relay, and the two listeners.
-#[derive(Debug)]
-pub struct DataSync {
-    pub catalog: Arc<Catalog>,
-    pub out: PathBuf,
-    app: RunningApp,
-    relay: RelayHandle,
-}
-
-impl DataSync {
-    /// Opens the catalog and the outputs under `out`, starts the listeners and the relay.
-    pub async fn start(app: App, db: &Database, out: &Path) -> anyhow::Result<Self> {
-        let catalog = Arc::new(Catalog::open(db).await?);
-        let site = Site::open(out.join("site"))?;
-        let search = SearchIndex::open(out.join("search"))?;
-        let app = app
-            .listeners(LISTENERS)
-            .state(site)
-            .state(search)
-            .start()
-            .await?;
-        let relay = db
-            .relay(app.template().clone())?
-            .poll_interval(Duration::from_millis(50))
-            .spawn();
-        Ok(Self {
-            catalog,
-            out: out.to_owned(),
-            app,
-            relay,
-        })
-    }
-
-    /// Waits until the site and the search index match the database; the error is the last
-    /// difference seen.
-    pub async fn wait_in_sync(&self, timeout: Duration) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        loop {
-            let products = self.catalog.products().await?;
-            let diff = site::check(&self.out.join("site"), &products)
-                .and_then(|()| search::check(&self.out.join("search"), &products));
-            match diff {
-                Ok(()) => return Ok(started.elapsed()),
-                Err(diff) if started.elapsed() > timeout => {
-                    anyhow::bail!("not in sync after {timeout:?}: {diff}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    pub async fn shutdown(self) {
-        self.relay.shutdown().await;
-        self.app.shutdown().await;
-    }
 }
 
 /// The demo's outcome.

@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use amqp_core::Template;
 use amqp_core::outbox::{PostgresOutbox, Relay, SqliteOutbox};
@@ -324,32 +323,4 @@ impl Catalog {
             }
         }
     }
-}
-
-/// `changes` creates, updates and deletes, in a fixed pseudo-random mix, `pause` apart.
-pub async fn burst(catalog: &Catalog, changes: usize, pause: Duration) -> anyhow::Result<()> {
-    let mut live: Vec<i64> = catalog.products().await?.iter().map(|p| p.id).collect();
-    for n in 0..changes {
-        let pick = (n * 7919) % live.len().max(1);
-        if live.len() < 5 || n % 5 == 0 {
-            live.push(
-                catalog
-                    .create(&format!("Gadget {n}"), 100 + n as i64)
-                    .await?
-                    .id,
-            );
-        } else if n % 11 == 0 {
-            catalog.delete(live.swap_remove(pick)).await?;
-        } else {
-            catalog
-                .update(
-                    live[pick],
-                    &format!("Gadget {n} mk{}", n % 3),
-                    500 + n as i64,
-                )
-                .await?;
-        }
-        tokio::time::sleep(pause).await;
-    }
-    Ok(())
 }

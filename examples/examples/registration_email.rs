@@ -19,7 +19,6 @@
 mod mailer;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use amqp_core::{App, ListenerError, State, Template, rabbit_listener};
@@ -27,9 +26,9 @@ use lettre::Address;
 use lettre::AsyncTransport;
 use lettre::message::{Mailbox, header::ContentType};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::unbounded_channel;
 
-pub use mailer::Mailer;
+pub use mailer::{MailRoom, Mailer, SentMail};
 
 /// The listeners of this example (their ids).
 pub const LISTENERS: [&str; 1] = ["registration_email.confirm"];
@@ -65,22 +64,6 @@ pub async fn register(
         .convert_and_send(USERS_EXCHANGE, "user.registered", &user)
         .await?;
     Ok(user)
-}
-
-/// An e-mail the listener sent.
-#[derive(Debug, Clone)]
-pub struct SentMail {
-    pub to: String,
-    pub subject: String,
-    /// The `.eml` file, with the file transport.
-    pub file: Option<PathBuf>,
-}
-
-/// What the listener needs: the mailer, and where to report what it sent.
-#[derive(Debug)]
-pub struct MailRoom {
-    pub mailer: Mailer,
-    pub sent: UnboundedSender<SentMail>,
 }
 
 /// Composes and sends the confirmation e-mail. A failure to send goes back to the queue.

@@ -1,7 +1,9 @@
-//! Where the confirmation e-mails go: `.eml` files through lettre's file transport (no mail server
-//! needed), or an SMTP server named by the environment.
+//! Where the confirmation e-mails go (`.eml` files through lettre's file transport, no mail server
+//! needed; or an SMTP server named by the environment), and what the listener reports it sent.
 
 use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc::UnboundedSender;
 
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, Tokio1Executor};
@@ -41,4 +43,20 @@ impl Mailer {
         std::fs::create_dir_all(&dir)?;
         Ok(Mailer::Files(AsyncFileTransport::new(&dir), dir))
     }
+}
+
+/// An e-mail the listener sent.
+#[derive(Debug, Clone)]
+pub struct SentMail {
+    pub to: String,
+    pub subject: String,
+    /// The `.eml` file, with the file transport.
+    pub file: Option<PathBuf>,
+}
+
+/// What the listener needs: the mailer, and where to report what it sent.
+#[derive(Debug)]
+pub struct MailRoom {
+    pub mailer: Mailer,
+    pub sent: UnboundedSender<SentMail>,
 }

@@ -154,12 +154,20 @@ async fn rpc(app: App) {
     );
 }
 
+/// Fails the test instead of letting it hang when `run` takes longer than `secs`.
+async fn within<T>(secs: u64, run: impl std::future::Future<Output = T>) -> T {
+    let limit = std::time::Duration::from_secs(secs);
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("the example did not finish within {secs} s"))
+}
+
 /// The payment example's queues have fixed names: its runs against one RabbitMQ take turns.
 static PAYMENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn idempotent_payment(app: App, redis_url: Option<&str>) {
     let _turn = PAYMENTS.lock().await;
-    let report = idempotent_payment_example::run(app, redis_url)
+    let report = within(30, idempotent_payment_example::run(app, redis_url))
         .await
         .expect("idempotent_payment runs");
     let ids: Vec<_> = report.notices.iter().map(|w| w.id.clone()).collect();
@@ -186,7 +194,7 @@ async fn idempotent_payment_redis(app: App) {
 }
 
 async fn rate_limited(app: App) {
-    let report = rate_limited_example::run(app)
+    let report = within(90, rate_limited_example::run(app))
         .await
         .expect("rate_limited runs");
     let (published, processed) = (report.published_in, report.processed_in);

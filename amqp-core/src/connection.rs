@@ -14,6 +14,11 @@ use tokio::time::Instant;
 use crate::declare::{Declarable, Declarables};
 use crate::error::{Error, Result};
 
+/// How long [`Connection::close`] waits for the broker's `close-ok`. lapin (4.12) can lose it
+/// when a channel's `close-ok` is still being processed as the connection closes (it then logs
+/// "invalid channel") and its close never returns, although the broker has closed the connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// How to reach the broker and how to recover.
 #[derive(Clone, Debug)]
 pub struct ConnectionFactory {
@@ -275,7 +280,10 @@ impl Connection {
     pub async fn close(&self) {
         let previous = self.shared.state.send_replace(Link::Closed);
         if let Link::Up { conn, .. } = previous {
-            let _ = conn.close(200, "closed by the application".into()).await;
+            let closing = conn.close(200, "closed by the application".into());
+            if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+                tracing::debug!("no connection.close-ok within {CLOSE_WAIT:?}; not waiting longer");
+            }
         }
     }
 

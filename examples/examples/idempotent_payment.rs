@@ -174,7 +174,10 @@ async fn publish(template: &Template, w: &Withdrawal) -> anyhow::Result<()> {
 async fn wait_for(ledger: &Ledger, done: impl Fn(&Books) -> bool) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !done(&ledger.lock().expect("books")) {
-        anyhow::ensure!(deadline > tokio::time::Instant::now(), "{ledger:?}");
+        anyhow::ensure!(
+            deadline > tokio::time::Instant::now(),
+            "waited 10 s: {ledger:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())

@@ -15,6 +15,11 @@ use crate::declare::{Declarable, Declarables};
 use crate::delay::{DelayMechanism, Delays};
 use crate::error::{Error, Result};
 
+/// How long [`Connection::close`] waits for the broker's `close-ok`. lapin (4.12) can lose it
+/// when a channel's `close-ok` is still being processed as the connection closes (it then logs
+/// "invalid channel") and its close never returns, although the broker has closed the connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// How to reach the broker and how to recover.
 #[derive(Clone, Debug)]
 pub struct ConnectionFactory {
@@ -307,7 +312,10 @@ impl Connection {
     pub async fn close(&self) {
         let previous = self.shared.state.send_replace(Link::Closed);
         if let Link::Up { conn, .. } = previous {
-            let _ = conn.close(200, "closed by the application".into()).await;
+            let closing = conn.close(200, "closed by the application".into());
+            if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+                tracing::debug!("no connection.close-ok within {CLOSE_WAIT:?}; not waiting longer");
+            }
         }
     }
 

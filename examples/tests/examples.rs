@@ -23,6 +23,9 @@ mod delayed_order_example;
 #[path = "../examples/hello.rs"]
 mod hello_example;
 #[allow(dead_code)]
+#[path = "../examples/idempotent_payment.rs"]
+mod idempotent_payment_example;
+#[allow(dead_code)]
 #[path = "../examples/login_log.rs"]
 mod login_log_example;
 #[allow(dead_code)]
@@ -31,6 +34,9 @@ mod ordered_events_example;
 #[allow(dead_code)]
 #[path = "../examples/pub_sub.rs"]
 mod pub_sub_example;
+#[allow(dead_code)]
+#[path = "../examples/rate_limited.rs"]
+mod rate_limited_example;
 #[allow(dead_code)]
 #[path = "../examples/registration_email.rs"]
 mod registration_email_example;
@@ -105,6 +111,11 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+on_both!(
+    idempotent_payment_memory,
+    idempotent_payment_redis,
+    rate_limited
+);
 
 async fn hello(app: App) {
     let report = hello_example::run(app).await.expect("hello runs");
@@ -515,4 +526,67 @@ async fn data_sync_survives_lost_connections_rabbitmq() {
     let took = took.expect("the site and the search index match the database");
     eprintln!("in sync {took:?} after the burst ended");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fails the test instead of letting it hang when `run` takes longer than `secs`.
+async fn within<T>(secs: u64, run: impl std::future::Future<Output = T>) -> T {
+    let limit = std::time::Duration::from_secs(secs);
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("the example did not finish within {secs} s"))
+}
+
+/// The payment example's queues have fixed names: its runs against one RabbitMQ take turns.
+static PAYMENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn idempotent_payment(app: App, redis_url: Option<&str>) {
+    let _turn = PAYMENTS.lock().await;
+    let report = within(30, idempotent_payment_example::run(app, redis_url))
+        .await
+        .expect("idempotent_payment runs");
+    let ids: Vec<_> = report.notices.iter().map(|w| w.id.clone()).collect();
+    assert_eq!(
+        report.books.debited, ids,
+        "each debited once, in order: {report}"
+    );
+    assert_eq!(report.books.texts, 3, "one text per withdrawal: {report}");
+    assert_eq!(report.books.withdrawn, 120 + 60 + 300, "{report}");
+    assert_eq!(report.left_in_queue, 0, "every copy acknowledged: {report}");
+}
+
+async fn idempotent_payment_memory(app: App) {
+    idempotent_payment(app, None).await;
+}
+
+/// Redis at `REDIS_URL`, or the local one CI runs; one that does not answer fails the test.
+async fn idempotent_payment_redis(app: App) {
+    let url = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    idempotent_payment(app, Some(&url)).await;
+}
+
+async fn rate_limited(app: App) {
+    let report = within(90, rate_limited_example::run(app))
+        .await
+        .expect("rate_limited runs");
+    let (published, processed) = (report.published_in, report.processed_in);
+    assert!(
+        processed >= std::time::Duration::from_secs(9),
+        "1,000 orders at 100/s take about 10 s: {report}"
+    );
+    assert!(
+        published * 4 < processed,
+        "the publisher was not held back: {report}"
+    );
+    let rate = report.steady_rate();
+    assert!(
+        (60.0..=140.0).contains(&rate),
+        "about 100/s in the steady part: {report}"
+    );
+    assert!(
+        report.steady().iter().all(|&n| n <= 140),
+        "no second went much over the limit: {report}"
+    );
 }

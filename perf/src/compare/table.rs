@@ -80,8 +80,8 @@ pub fn render(c: &Comparison) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<3} {:<21} {:>11} {:>11} {:>8}  {}",
-        "#", "figure", "bundled", "RabbitMQ", "ratio", "target"
+        "{:<3} {:<21} {:>11} {:>11} {:>8}  target",
+        "#", "figure", "bundled", "RabbitMQ", "ratio"
     );
     for s in &c.scenarios {
         let _ = writeln!(out, "{:<3} {}", s.id, s.title);

@@ -42,22 +42,6 @@ async fn plain_queue(conn: &Connection) -> String {
     q
 }
 
-/// Ready messages in a queue (passive declare on a raw channel).
-async fn ready(b: &TestBroker, q: &str) -> u32 {
-    let (_c, ch) = common::open(b).await;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(
-        "passive",
-        ch.queue_declare(q.into(), passive, FieldTable::default()),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
-}
-
 async fn delete(b: &TestBroker, q: &str) {
     let (_c, ch) = common::open(b).await;
     common::delete_queue(&ch, q).await;
@@ -141,7 +125,7 @@ async fn failures_are_dead_lettered_and_the_listener_goes_on(b: TestBroker) {
     assert!(dead.iter().any(|d| d == "{not json"), "{dead:?}");
     assert!(dead.iter().any(|d| d.contains("\"id\":3")), "{dead:?}");
     listener.shutdown().await;
-    assert_eq!(ready(&b, &q).await, 0, "everything was settled");
+    assert_eq!(common::ready(&b, &q).await, 0, "everything was settled");
     delete(&b, &q).await;
     delete(&b, &dlq).await;
     conn.close().await;
@@ -174,7 +158,7 @@ async fn requeue_errors_redeliver(b: TestBroker) {
     assert_eq!(recv(&mut seen).await, (7, false));
     assert_eq!(recv(&mut seen).await, (7, true));
     listener.shutdown().await;
-    assert_eq!(ready(&b, &q).await, 0);
+    assert_eq!(common::ready(&b, &q).await, 0);
     delete(&b, &q).await;
     conn.close().await;
 }
@@ -293,7 +277,7 @@ async fn shutdown_finishes_in_flight_work_and_leaves_the_rest(b: TestBroker) {
     );
     let left = within("the rest back in the queue", async {
         loop {
-            let n = ready(&b, &q).await;
+            let n = common::ready(&b, &q).await;
             if n == 4 {
                 break n;
             }
@@ -343,7 +327,7 @@ async fn manual_and_none_ack_modes(b: TestBroker) {
     listener.shutdown().await;
     let left = within("the unacked back", async {
         loop {
-            let n = ready(&b, &q).await;
+            let n = common::ready(&b, &q).await;
             if n == 2 {
                 break n;
             }
@@ -371,7 +355,7 @@ async fn manual_and_none_ack_modes(b: TestBroker) {
     assert_eq!(ids, [1, 3]);
     none.shutdown().await;
     assert_eq!(
-        ready(&b, &q).await,
+        common::ready(&b, &q).await,
         0,
         "no-ack deliveries are gone once sent"
     );

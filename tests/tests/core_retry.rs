@@ -19,8 +19,7 @@ use amqp_core::{
     Exchange, Listener, ListenerError, Message, Metadata, Queue, Retry, Template,
 };
 use common::{QUIET, within};
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tests::{TestBroker, conformance, unique};
@@ -82,22 +81,6 @@ async fn work_queue(conn: &Connection) -> (String, String) {
     .await
     .expect("declare");
     (exchange, queue)
-}
-
-/// Ready messages in a queue.
-async fn ready(b: &TestBroker, q: &str) -> u32 {
-    let (_c, ch) = common::open(b).await;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(
-        "passive declare",
-        ch.queue_declare(q.into(), passive, FieldTable::default()),
-    )
-    .await
-    .expect("the queue exists")
-    .message_count()
 }
 
 /// Deletes what a test declared, the retry wait queues included (they would expire anyway).
@@ -212,9 +195,13 @@ async fn fails_twice_then_succeeds(b: &TestBroker, mechanism: DelayMechanism) {
         ]
     );
     listener.shutdown().await;
-    assert_eq!(ready(b, &queue).await, 0, "acked: the queue is empty");
     assert_eq!(
-        ready(b, &dead_letter_queue(&queue)).await,
+        common::ready(b, &queue).await,
+        0,
+        "acked: the queue is empty"
+    );
+    assert_eq!(
+        common::ready(b, &dead_letter_queue(&queue)).await,
         0,
         "nothing in the dlq"
     );
@@ -270,7 +257,7 @@ async fn always_failing_ends_in_the_dlq(b: &TestBroker, mechanism: DelayMechanis
     let payment: Payment = serde_json::from_slice(&dead.body).expect("the body is intact");
     assert_eq!(payment, Payment { id: 8 });
     listener.shutdown().await;
-    assert_eq!(ready(b, &queue).await, 0);
+    assert_eq!(common::ready(b, &queue).await, 0);
     clean_up(b, &exchange, &queue, &retry).await;
     conn.close().await;
 }

@@ -232,22 +232,6 @@ async fn delete(b: &TestBroker, queues: &[&str], exchanges: &[&str]) {
     let _ = conn.close(200, "done".into()).await;
 }
 
-/// Ready messages in a queue.
-async fn ready(b: &TestBroker, queue: &str) -> u32 {
-    let (_conn, ch) = common::open(b).await;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(
-        "passive queue.declare",
-        ch.queue_declare(queue.into(), passive, FieldTable::default()),
-    )
-    .await
-    .expect("the queue exists")
-    .message_count()
-}
-
 /// The notes a listener received, in a set (deliveries may come in any order).
 async fn notes(app: &TestApp, listener: &str, n: usize) -> BTreeSet<Note> {
     let calls = app.calls(listener, n, WAIT).await.expect("the calls");
@@ -382,7 +366,7 @@ async fn ok_acks_and_err_dead_letters(b: TestBroker) {
     assert!(dead[0].metadata.header("x-death").is_some());
     app.shutdown().await;
     // Acknowledged, not requeued: with the consumers gone nothing comes back.
-    assert_eq!(ready(&b, "macro.e2e.work").await, 0);
+    assert_eq!(common::ready(&b, "macro.e2e.work").await, 0);
     delete(&b, &queues, &["macro.e2e.dlx"]).await;
     b.shutdown().await;
 }
@@ -460,7 +444,7 @@ async fn manual_ack_with_acker(b: TestBroker) {
         .expect("manual was called");
     assert_eq!(calls.len(), 4);
     app.shutdown().await;
-    assert_eq!(ready(&b, "macro.e2e.manual").await, 0);
+    assert_eq!(common::ready(&b, "macro.e2e.manual").await, 0);
     delete(&b, &["macro.e2e.manual"], &[]).await;
     b.shutdown().await;
 }

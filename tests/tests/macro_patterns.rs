@@ -11,8 +11,7 @@ use amqp_core::testing::TestApp;
 use amqp_core::types::BasicProperties;
 use amqp_core::{App, ListenerError, Message, rabbit_listener};
 use common::within;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use tests::{TestBroker, conformance};
 
 #[rabbit_listener(
@@ -63,21 +62,6 @@ async fn delete(b: &TestBroker, queue: &str) {
     .ok();
 }
 
-async fn ready(b: &TestBroker, q: &str) -> u32 {
-    let (_c, ch) = common::open(b).await;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(
-        "passive",
-        ch.queue_declare(q.into(), passive, FieldTable::default()),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
-}
-
 async fn start(b: &TestBroker, listener: &str, app: App) -> TestApp {
     within(
         "the app to start",
@@ -124,7 +108,7 @@ async fn idempotent_key(b: TestBroker) {
         2,
         "withdrawal-1 applied once, the other message once"
     );
-    assert_eq!(ready(&b, q).await, 0);
+    assert_eq!(common::ready(&b, q).await, 0);
     app.shutdown().await;
     delete(&b, q).await;
 }
@@ -173,7 +157,7 @@ async fn circuit_breaker_key(b: TestBroker) {
         during, 3,
         "open after 3 failures: nothing consumed in the cool-down"
     );
-    assert_eq!(ready(&b, q).await, 5);
+    assert_eq!(common::ready(&b, q).await, 5);
     app.calls("breaking", 8, Duration::from_secs(5))
         .await
         .expect("resumed after the cool-down");

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 use amqp_core::types::BasicProperties;
 use amqp_core::{Connection, ConnectionFactory, Message, Template};
 use common::within;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use redis::AsyncCommands;
 use tests::process::{Process, drain};
 use tests::{TestBroker, conformance, unique};
@@ -110,22 +108,6 @@ async fn connect(b: &TestBroker) -> Connection {
         .expect("connect")
 }
 
-/// Ready messages in the queue (unacked ones not counted).
-async fn ready(b: &TestBroker, queue: &str) -> u32 {
-    let (_c, ch) = common::open(b).await;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(
-        "passive declare",
-        ch.queue_declare(queue.into(), passive, FieldTable::default()),
-    )
-    .await
-    .expect("the queue exists")
-    .message_count()
-}
-
 /// Stops a consumer gracefully and checks that it had no more side effects to report.
 async fn stop(mut process: Process, mut lines: Lines) {
     let status = process.terminate().await;
@@ -190,7 +172,7 @@ async fn killed_after_done_the_redelivery_is_acked_unread(b: TestBroker) {
     // The killed consumer never acked w-1; an empty queue means its redelivery was acked, and by
     // the second consumer, which did not run it.
     assert_eq!(
-        ready(&b, &queue).await,
+        common::ready(&b, &queue).await,
         0,
         "every copy of w-1 was acknowledged"
     );
@@ -247,7 +229,11 @@ async fn killed_before_done_the_redelivery_runs_after_the_lease(b: TestBroker) {
     );
     stop(second, second_lines).await;
     assert_eq!(effects(&mut redis, &prefix, "w-1").await, 2);
-    assert_eq!(ready(&b, &queue).await, 0, "every copy was acknowledged");
+    assert_eq!(
+        common::ready(&b, &queue).await,
+        0,
+        "every copy was acknowledged"
+    );
     conn.close().await;
 }
 

@@ -12,8 +12,6 @@ use amqp_core::{
     CircuitBreaker, Connection, ConnectionFactory, Listener, ListenerError, Queue, Rate, Template,
 };
 use common::within;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tests::{TestBroker, conformance, unique};
 
 async fn connect(b: &TestBroker) -> Connection {
@@ -21,22 +19,6 @@ async fn connect(b: &TestBroker) -> Connection {
     within("amqp-core connect", factory.connect())
         .await
         .expect("connect")
-}
-
-/// Ready messages in a queue.
-async fn ready(b: &TestBroker, q: &str) -> u32 {
-    let (_c, ch) = common::open(b).await;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(
-        "passive",
-        ch.queue_declare(q.into(), passive, FieldTable::default()),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
 }
 
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -151,7 +133,11 @@ async fn the_breaker_pauses_then_resumes(b: TestBroker) {
         4,
         "the breaker is open: no more calls during the cool-down"
     );
-    assert_eq!(ready(&b, &q).await, 6, "the rest waits in the queue");
+    assert_eq!(
+        common::ready(&b, &q).await,
+        6,
+        "the rest waits in the queue"
+    );
     healthy.store(true, Ordering::SeqCst);
     wait_until("the other 6 handled", Duration::from_secs(5), || {
         calls.load(Ordering::SeqCst) >= 10
@@ -165,9 +151,9 @@ async fn the_breaker_pauses_then_resumes(b: TestBroker) {
     tokio::time::sleep(common::QUIET).await;
     assert_eq!(calls.load(Ordering::SeqCst), 10);
     listener.shutdown().await;
-    assert_eq!(ready(&b, &q).await, 0);
+    assert_eq!(common::ready(&b, &q).await, 0);
     assert_eq!(
-        ready(&b, &dlq).await,
+        common::ready(&b, &dlq).await,
         4,
         "the 4 failures were dead-lettered"
     );

@@ -292,6 +292,24 @@ fn duration_ms(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
+/// The settings of a `name(...)` table, each once: a setting given twice is reported at the
+/// repeat, which is left out.
+fn settings<'a>(
+    table: &'a [(TableName, Arg)],
+    errors: &mut Errors,
+) -> Vec<(&'a TableName, String, &'a Arg)> {
+    let mut seen: Vec<(&TableName, String, &Arg)> = Vec::new();
+    for (name, value) in table {
+        let written = name.value();
+        if seen.iter().any(|(_, w, _)| *w == written) {
+            errors.spanned(name, format!("`{written}` is given twice: keep one"));
+            continue;
+        }
+        seen.push((name, written, value));
+    }
+    seen
+}
+
 const BREAKER_SETTINGS: &str =
     "`failure_percent = 50`, `min_calls = 10`, `window = \"10s\"`, `cool_down = \"30s\"`";
 
@@ -303,14 +321,7 @@ fn breaker(table: &[(TableName, Arg)], errors: &mut Errors) -> Breaker {
         window_ms: 10_000,
         cool_down_ms: 30_000,
     };
-    let mut seen: Vec<String> = Vec::new();
-    for (name, value) in table {
-        let written = name.value();
-        if seen.contains(&written) {
-            errors.spanned(name, format!("`{written}` is given twice: keep one"));
-            continue;
-        }
-        seen.push(written.clone());
+    for (name, written, value) in settings(table, errors) {
         match (written.as_str(), value) {
             ("failure_percent", Arg::Int(n)) if (1..=100).contains(n) => {
                 breaker.failure_percent = *n as u32;
@@ -360,14 +371,7 @@ fn retry(table: &[(TableName, Arg)], errors: &mut Errors) -> Retry {
         multiplier: 2.0,
         max_ms: 10_000,
     };
-    let mut seen: Vec<String> = Vec::new();
-    for (name, value) in table {
-        let written = name.value();
-        if seen.contains(&written) {
-            errors.spanned(name, format!("`{written}` is given twice: keep one"));
-            continue;
-        }
-        seen.push(written.clone());
+    for (name, written, value) in settings(table, errors) {
         match (written.as_str(), value) {
             ("max_attempts", Arg::Int(n)) if (1..=i64::from(u32::MAX)).contains(n) => {
                 retry.max_attempts = *n as u32;

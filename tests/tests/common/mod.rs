@@ -103,6 +103,22 @@ pub async fn open(b: &tests::TestBroker) -> (Connection, Channel) {
     (conn, ch)
 }
 
+/// How many messages are ready in `queue` (a passive declare on a connection of its own).
+pub async fn ready(b: &tests::TestBroker, queue: &str) -> u32 {
+    let (_conn, ch) = open(b).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    within(
+        "passive queue.declare",
+        ch.queue_declare(queue.into(), passive, FieldTable::default()),
+    )
+    .await
+    .expect("the queue exists")
+    .message_count()
+}
+
 /// Declares an exclusive queue with a unique name (so it goes away with its connection) and
 /// returns its name.
 pub async fn fresh_queue(ch: &Channel, prefix: &str) -> String {

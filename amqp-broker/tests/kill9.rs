@@ -128,21 +128,25 @@ async fn publish_until_killed(
     }
 }
 
+/// How many messages are ready in `queue` (a passive declare).
+async fn ready(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .message_count()
+}
+
 /// Every message in the queue (consumed, then requeued by closing the channel), by id.
 async fn contents(conn: &Connection, queue: &str) -> Vec<u64> {
     let ch = conn.create_channel().await.unwrap();
-    let count = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count() as usize;
+    let count = ready(&ch, queue).await as usize;
     let mut consumer = ch
         .basic_consume(
             queue.into(),
@@ -459,18 +463,7 @@ async fn confirmed_delayed_messages_survive_kill_9_and_arrive_when_due() {
 
     let (_broker, conn) = Broker::start(port, &dir).await;
     let ch = conn.create_channel().await.unwrap();
-    let waiting = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
+    let waiting = ready(&ch, queue).await;
     assert!(
         started.elapsed() < Duration::from_millis(DELAY_MS as u64 - 500),
         "the restart took too long for this check"

@@ -2,20 +2,15 @@
 //! stderr, serves AMQP within a second or two, exits cleanly on SIGTERM, and names the port when
 //! it is taken.
 
+mod common;
+
+use common::{free_port, wait_exit};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Connects and reads the start of `connection.start` after sending the protocol header.
 fn speaks_amqp(port: u16) -> bool {
@@ -52,20 +47,6 @@ fn sigterm(child: &Child) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("broker did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

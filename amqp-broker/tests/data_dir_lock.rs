@@ -1,20 +1,15 @@
 //! One broker per data directory: a second one refuses to start, naming the directory and the
 //! holder's pid; the lock goes with the holder, whether it shuts down or is killed with SIGKILL.
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use common::{free_port, wait_exit};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("amqp-lock-{name}-{}", std::process::id()));
@@ -39,20 +34,6 @@ fn spawn(dir: &Path) -> (Child, u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, port)
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("broker did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -5,8 +5,10 @@
 //! mid-stream: no message acked before a sync barrier comes back, no unacked one is lost. And
 //! persistent delayed messages: confirmed ones come back after the kill and arrive when due.
 
+mod common;
+
+use common::free_port;
 use std::collections::{BTreeSet, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -26,14 +28,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 const WINDOW: usize = 256;
 /// How long each round publishes before the kill.
 const RUN: Duration = Duration::from_millis(700);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("amqp-kill9-{name}-{}", std::process::id()));

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, User};
 use crate::connection;
 use crate::error::Error;
+use crate::management;
 use crate::memory::MemoryMonitor;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::store::io::FileStorage;
@@ -115,6 +116,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Serves the management HTTP API on `port` (0 picks a free one; RabbitMQ's is 15672).
+    /// Off unless asked for; the binary serves it on 15672 by default.
+    pub fn management_port(mut self, port: u16) -> Self {
+        self.config.management_port = Some(port);
+        self
+    }
+
     /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -129,6 +137,17 @@ impl BrokerBuilder {
             .await
             .map_err(|source| Error::Bind { addr, source })?;
         let local_addr = listener.local_addr()?;
+        let management_listener = match self.config.management_port {
+            Some(port) => {
+                let addr = SocketAddr::new(self.config.bind, port);
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| Error::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
         let config = Arc::new(self.config);
         let store = match &config.data_dir {
             Some(dir) => {
@@ -169,8 +188,24 @@ impl BrokerBuilder {
         };
         let task = tokio::spawn(server.run(listener));
         tracing::info!(%local_addr, "amqp-broker listening");
+        let management_addr = match management_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let shared = Arc::new(management::Shared {
+                    config: config.clone(),
+                    vhost: vhost.clone(),
+                    registry: registry.clone(),
+                    amqp_addr: local_addr,
+                });
+                tokio::spawn(management::serve(listener, shared, shutdown_tx.subscribe()));
+                tracing::info!(%addr, "management API listening");
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Broker {
             local_addr,
+            management_addr,
             config,
             vhost,
             registry,
@@ -218,6 +253,7 @@ pub(crate) enum Signal {
 #[derive(Debug)]
 pub struct Broker {
     local_addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
     config: Arc<Config>,
     vhost: Arc<Vhost>,
     registry: Arc<Registry>,
@@ -239,6 +275,16 @@ impl Broker {
     /// The port the broker listens on (the real one when started with port 0).
     pub fn port(&self) -> u16 {
         self.local_addr.port()
+    }
+
+    /// The port of the management HTTP API, if it is served.
+    pub fn management_port(&self) -> Option<u16> {
+        self.management_addr.map(|a| a.port())
+    }
+
+    /// The management API's base URL (`http://127.0.0.1:PORT`), if it is served.
+    pub fn management_url(&self) -> Option<String> {
+        self.management_addr.map(|a| format!("http://{a}"))
     }
 
     /// A URL for the first configured user and the default vhost:

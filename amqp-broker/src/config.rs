@@ -65,6 +65,10 @@ pub struct Config {
     /// estimate per message); persistent messages beyond it live in the queue's log only and are
     /// read back in batches when consumers reach them. Transient messages are never paged out.
     pub queue_memory_budget_bytes: u64,
+    /// Port of the management HTTP API (see the `management` module); `None` serves none, 0
+    /// picks a free port (read it back with [`crate::Broker::management_port`]). It listens on
+    /// [`Config::bind`], like the AMQP port.
+    pub management_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             segment_bytes: 16 * 1024 * 1024,
             memory_high_watermark_bytes: crate::memory::default_high_watermark_bytes(),
             queue_memory_budget_bytes: DEFAULT_QUEUE_MEMORY_BUDGET_BYTES,
+            management_port: None,
         }
     }
 }

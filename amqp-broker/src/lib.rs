@@ -41,6 +41,7 @@ mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod id_hash;
+mod management;
 mod memory;
 mod message;
 mod queue;

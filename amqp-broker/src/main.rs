@@ -50,6 +50,12 @@ struct Args {
     /// messages beyond it stay on disk only until consumers reach them.
     #[arg(long = "queue-memory-bytes", default_value_t = amqp_broker::DEFAULT_QUEUE_MEMORY_BUDGET_BYTES)]
     queue_memory_budget_bytes: u64,
+    /// Port of the management HTTP API (0 picks a free one and logs it).
+    #[arg(long, default_value_t = 15672)]
+    management_port: u16,
+    /// Serve no management HTTP API.
+    #[arg(long, conflicts_with = "management_port")]
+    no_management: bool,
 }
 
 fn parse_user(s: &str) -> Result<User, String> {
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         config.memory_high_watermark_bytes = bytes;
     }
     config.queue_memory_budget_bytes = args.queue_memory_budget_bytes;
+    config.management_port = (!args.no_management).then_some(args.management_port);
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
@@ -93,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
     config.data_dir = args.data_dir;
     let broker = Broker::builder().config(config).start().await?;
     tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());
+    if let Some(url) = broker.management_url() {
+        tracing::info!("management API: {url}/api/overview");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     broker.shutdown().await?;

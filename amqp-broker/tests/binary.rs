@@ -54,7 +54,7 @@ fn serves_amqp_and_exits_cleanly_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("amqp-broker-bin-{}", std::process::id()));
     let port = free_port();
     let mut child = Command::new(BIN)
-        .args(["--port", &port.to_string(), "--data-dir"])
+        .args(["--port", &port.to_string(), "--management-port", "0", "--data-dir"])
         .arg(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -80,7 +80,7 @@ fn a_port_in_use_is_an_error_naming_the_port() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let out = Command::new(BIN)
-        .args(["--port", &port.to_string()])
+        .args(["--port", &port.to_string(), "--management-port", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());

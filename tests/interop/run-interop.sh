@@ -181,8 +181,8 @@ fi
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 data_dir="$workdir/data"
-log "starting $broker_bin --port $port --data-dir $data_dir"
-NO_COLOR=1 "$broker_bin" --port "$port" --data-dir "$data_dir" 2>"$broker_log" &
+log "starting $broker_bin --port $port --management-port 0 --data-dir $data_dir"
+NO_COLOR=1 "$broker_bin" --port "$port" --management-port 0 --data-dir "$data_dir" 2>"$broker_log" &
 broker_pid=$!
 
 port_open() {

@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+mod common;
 
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("amqp-delayed-{name}-{}", std::process::id()));
@@ -30,43 +29,6 @@ async fn start(dir: &Path) -> (amqp_broker::Broker, Connection, Channel) {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     (broker, conn, ch)
-}
-
-/// A delayed exchange (routing as `direct`) with a durable queue bound to it by `k`.
-async fn topology(ch: &Channel, exchange: &str, durable_exchange: bool, queue: &str) {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-delayed-type".into(),
-        AMQPValue::LongString("direct".into()),
-    );
-    let options = ExchangeDeclareOptions {
-        durable: durable_exchange,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Custom("x-delayed-message".into()),
-        options,
-        args,
-    )
-    .await
-    .unwrap();
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
 }
 
 fn delayed(ms: i64, persistent: bool) -> BasicProperties {
@@ -126,8 +88,8 @@ async fn persistent_delayed_messages_survive_a_restart_and_arrive_when_due_in_or
     let published = Instant::now();
     {
         let (broker, _conn, ch) = start(&dir).await;
-        topology(&ch, "later", true, "later.q").await;
-        topology(&ch, "later.transient", false, "later.q2").await;
+        common::delayed_topology(&ch, "later", true, "later.q").await;
+        common::delayed_topology(&ch, "later.transient", false, "later.q2").await;
         publish_all(
             &ch,
             &[
@@ -182,7 +144,7 @@ async fn overdue_delayed_messages_go_at_once_after_a_restart_in_due_time_order()
     let dir = data_dir("overdue");
     {
         let (broker, _conn, ch) = start(&dir).await;
-        topology(&ch, "overdue", true, "overdue.q").await;
+        common::delayed_topology(&ch, "overdue", true, "overdue.q").await;
         publish_all(
             &ch,
             &[
@@ -215,7 +177,7 @@ async fn a_delayed_exchange_deleted_before_the_restart_takes_its_messages_with_i
     let dir = data_dir("deleted");
     {
         let (broker, _conn, ch) = start(&dir).await;
-        topology(&ch, "gone", true, "gone.q").await;
+        common::delayed_topology(&ch, "gone", true, "gone.q").await;
         publish_all(&ch, &[("gone", "dropped", delayed(300, true))]).await;
         ch.exchange_delete("gone".into(), Default::default())
             .await

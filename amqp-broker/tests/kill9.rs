@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use parking_lot::Mutex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
@@ -42,7 +42,14 @@ impl Broker {
     async fn start(port: u16, dir: &Path) -> (Broker, Connection) {
         // A small memory budget, so most messages are paged out and read back from the log.
         let child = Command::new(BIN)
-            .args(["--port", &port.to_string(), "--management-port", "0", "--queue-memory-bytes", "65536"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--management-port",
+                "0",
+                "--queue-memory-bytes",
+                "65536",
+            ])
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::null())
@@ -395,38 +402,6 @@ async fn publish_delayed_until_killed(
     }
 }
 
-/// Declares the durable delayed exchange `exchange` (routing as `direct`) and the durable queue
-/// `queue` bound to it with key `k`.
-async fn delayed_topology(ch: &Channel, exchange: &str, queue: &str) {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-delayed-type".into(),
-        AMQPValue::LongString("direct".into()),
-    );
-    let options = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Custom("x-delayed-message".into()),
-        options,
-        args,
-    )
-    .await
-    .expect("exchange.declare");
-    durable_queue(ch, queue).await;
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
-}
-
 /// A confirmed persistent delayed message survives `kill -9` and is delivered at its due time,
 /// not before, in due-time order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -437,7 +412,7 @@ async fn confirmed_delayed_messages_survive_kill_9_and_arrive_when_due() {
     let (exchange, queue) = ("kill9.delayed", "kill9.delayed.q");
     let (broker, conn) = Broker::start(port, &dir).await;
     let ch = conn.create_channel().await.unwrap();
-    delayed_topology(&ch, exchange, queue).await;
+    common::delayed_topology(&ch, exchange, true, queue).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();

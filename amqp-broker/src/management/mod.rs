@@ -6,9 +6,11 @@
 //! Answers are JSON in RabbitMQ's shapes; errors are `{"error": ..., "reason": ...}` as there.
 //!
 //! The router is assembled from one module per area: [`api`] (overview and the objects);
-//! further areas add their own `routes()` and are merged in [`router`].
+//! further areas add their own `routes()` and are merged in [`router`]. [`dashboard`] is the web
+//! UI's page and assets, the one area outside the auth layer (it holds no broker data).
 
 mod api;
+mod dashboard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,15 +70,20 @@ pub(crate) async fn serve(
     }
 }
 
-/// All routes, behind basic auth.
+/// The API routes behind basic auth; the dashboard's static assets beside them.
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(api::routes())
         .layer(middleware::from_fn_with_state(shared.clone(), require_user))
+        .merge(dashboard::routes())
         .with_state(shared)
 }
 
 /// Basic auth against the broker's users, as RabbitMQ's management plugin.
+///
+/// The 401 carries a `WWW-Authenticate` challenge, except for requests marked
+/// `X-Requested-With: XMLHttpRequest` (the dashboard's): a browser answers a challenge to a
+/// script's request with its own login dialog, over the page's login form.
 async fn require_user(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     match basic_credentials(req.headers()) {
         Some((name, password)) if shared.config.authenticate(&name, &password) => {
@@ -85,13 +92,22 @@ async fn require_user(State(shared): State<Arc<Shared>>, mut req: Request, next:
         }
         _ => {
             let mut response = error(StatusCode::UNAUTHORIZED, "not_authorised", "Login failed");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-            );
+            if !from_script(req.headers()) {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+                );
+            }
             response
         }
     }
+}
+
+/// Whether a request says it comes from a page's script (`X-Requested-With: XMLHttpRequest`).
+fn from_script(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"))
 }
 
 /// `Authorization: Basic base64(name:password)`.

@@ -21,6 +21,7 @@ use crate::error::{AmqpError, AmqpResult, reply};
 use crate::exchange::{Destination, routing_keys};
 use crate::message::{Credit, Message, QueuedMessage};
 use crate::queue::{ConnId, Consumer, Delivery, Enqueued, Outbox, Queue};
+use crate::registry::{ChannelView, ChannelViews};
 use crate::vhost::{ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
 
 /// What the channel handlers need from their connection.
@@ -40,6 +41,8 @@ pub(crate) struct ConnIo<'a> {
     pub frame_max: u32,
     /// The authenticated user.
     pub user: &'a str,
+    /// Where channels list themselves for the management API.
+    pub channel_views: &'a ChannelViews,
 }
 
 /// A message being received: `basic.publish`, then a content header, then body frames.
@@ -142,10 +145,16 @@ pub(crate) struct Channel {
     reply_address: Option<String>,
     /// The last queue declared here: an empty queue name in later methods means this one.
     last_queue: Option<ShortString>,
+    /// What the management API shows of this channel (updated on qos and confirm.select).
+    view: Arc<ChannelView>,
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    /// A channel that just opened, listed in `views`.
+    pub fn new(id: u16, views: &ChannelViews) -> Self {
+        let channel_credit = Arc::new(Credit::new(0));
+        let view = ChannelView::new(id, channel_credit.clone());
+        views.opened(&view);
         Self {
             id,
             epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
@@ -155,11 +164,12 @@ impl Channel {
             unacked: BTreeMap::new(),
             next_delivery_tag: 1,
             consumer_prefetch: 0,
-            channel_credit: Arc::new(Credit::new(0)),
+            channel_credit,
             confirms: None,
             tx: None,
             reply_address: None,
             last_queue: None,
+            view,
         }
     }
 
@@ -183,6 +193,7 @@ impl Channel {
                     ));
                 }
                 self.confirms.get_or_insert(0);
+                self.view.set_confirm();
                 if !m.nowait {
                     self.reply(
                         io,
@@ -510,6 +521,7 @@ impl Channel {
                     self.channel_credit.set_limit(q.prefetch_count);
                 } else {
                     self.consumer_prefetch = q.prefetch_count;
+                    self.view.set_consumer_prefetch(q.prefetch_count);
                 }
                 self.reply(io, AMQPClass::Basic(M::QosOk(basic::QosOk {})));
                 self.dispatch_all();

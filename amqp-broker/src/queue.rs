@@ -197,6 +197,19 @@ pub(crate) struct Counts {
     pub consumers: u32,
 }
 
+/// A queue's state at one moment, for the management API.
+#[derive(Debug)]
+pub(crate) struct QueueSnapshot {
+    /// Messages ready for delivery.
+    pub ready: usize,
+    /// Their body bytes.
+    pub ready_bytes: u64,
+    /// Deliveries out with consumers (or `basic.get`) and not yet settled.
+    pub unacked: usize,
+    /// Its consumers.
+    pub consumers: Vec<Arc<Consumer>>,
+}
+
 impl Queue {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -412,6 +425,17 @@ impl Queue {
         Counts {
             messages: count(st.ready.len()),
             consumers: count(st.consumers.len()),
+        }
+    }
+
+    /// What the management API shows of the queue, read under its lock once.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let st = self.state.lock();
+        QueueSnapshot {
+            ready: st.ready.len(),
+            ready_bytes: st.ready.bytes(),
+            unacked: st.unacked,
+            consumers: st.consumers.clone(),
         }
     }
 

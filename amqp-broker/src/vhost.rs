@@ -18,7 +18,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, routing_keys};
 use crate::memory::MemoryMonitor;
 use crate::message::Message;
-use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Policy, Queue};
+use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Enqueued, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
 use crate::store::{
     DELAYED_LOG, Definitions, QueueStore, Recovered, RecoveredQueue, Store, format,
@@ -99,6 +99,19 @@ pub(crate) struct Vhost {
 struct Topology {
     exchanges: HashMap<ShortString, Exchange>,
     queues: HashMap<ShortString, Arc<Queue>>,
+}
+
+/// An exchange and its bindings at one moment, for the management API.
+#[derive(Debug)]
+pub(crate) struct ExchangeSnapshot {
+    pub name: String,
+    pub kind: &'static str,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    /// Bindings with this exchange as the source, in the order made.
+    pub bindings: Vec<Binding>,
 }
 
 /// Where a published message goes.
@@ -635,6 +648,97 @@ impl Vhost {
         if let Err(e) = self.save(&topo) {
             tracing::error!("{}", e.text);
         }
+    }
+
+    // ----- for the management API -----
+
+    /// Every queue, by name.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.topology.read().queues.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The queue named `name`, whoever owns it (the management API acts for the operator, not
+    /// for a connection).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.topology.read().queues.get(name).cloned()
+    }
+
+    /// Every exchange with its bindings, by name.
+    pub fn exchanges(&self) -> Vec<ExchangeSnapshot> {
+        let topo = self.topology.read();
+        let mut all: Vec<_> = topo
+            .exchanges
+            .values()
+            .map(|x| ExchangeSnapshot {
+                name: x.name.to_string(),
+                kind: x.kind.as_str(),
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+                bindings: x.bindings().to_vec(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Deletes a queue for the operator (whoever owns it) after checking `if-unused` /
+    /// `if-empty`; `None` when there is no such queue.
+    pub fn delete_queue_by_operator(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<Option<u32>> {
+        let mut topo = self.topology.write();
+        let Some(q) = topo.queues.get(name).cloned() else {
+            return Ok(None);
+        };
+        q.check_delete(if_unused, if_empty, &self.name)?;
+        let n = topo.remove_queue(&q.name);
+        self.save(&topo)?;
+        Ok(Some(n))
+    }
+
+    /// Publishes a message the operator sent (the management API's publish): routed as
+    /// `basic.publish` routes it; returns whether any queue (or a delayed exchange) took it.
+    /// Its body is counted for flow control like any other; the answer does not wait for the
+    /// store's sync.
+    pub fn publish_by_operator(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        properties: amq_protocol::protocol::BasicProperties,
+        body: bytes::Bytes,
+    ) -> AmqpResult<bool> {
+        let headers = properties.headers().clone();
+        let keys = routing_keys(routing_key.as_str(), headers.as_ref());
+        let msg = Arc::new(Message {
+            exchange: exchange.clone(),
+            routing_key: routing_key.clone(),
+            properties,
+            body: self.memory.track(body),
+        });
+        if let Some(delay) = self.delay_for(exchange, headers.as_ref()) {
+            return match self.schedule_delayed(&keys, &msg, delay) {
+                Ok(_) => Ok(true),
+                Err(reason) => Err(AmqpError::internal_error(format_args!(
+                    "cannot store message: {reason}"
+                ))),
+            };
+        }
+        let route = self.route(exchange, &keys, headers.as_ref())?;
+        let mut routed = false;
+        for q in &route.queues {
+            routed |= matches!(
+                q.publish(msg.clone()),
+                Enqueued::Accepted | Enqueued::Rejected
+            );
+        }
+        Ok(routed)
     }
 
     // ----- direct reply-to -----

@@ -78,6 +78,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 heartbeat_secs: tuned.heartbeat_secs,
             };
             let registration = ctx.registry.register(info);
+            let _open = ctx.vhost.metrics.connection_opened();
             let (outbox, inbox) = mpsc::unbounded_channel();
             let alarm = ctx.vhost.memory.subscribe();
             let mut conn = Conn {
@@ -741,6 +742,7 @@ impl Conn {
                         )));
                     }
                     channels.insert(id, Channel::new(id));
+                    io.vhost.metrics.channels_opened.inc();
                     io.out.method(
                         id,
                         &AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -827,9 +829,10 @@ impl Conn {
                 epoch,
                 delivery_tag,
                 ack,
+                published_at,
             } => {
                 if let Some(ch) = channels.get_mut(&channel) {
-                    ch.confirmed(&mut io, epoch, delivery_tag, ack);
+                    ch.confirmed(&mut io, epoch, delivery_tag, ack, published_at);
                 }
             }
             Outbound::Committed {

@@ -87,6 +87,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 channel_max: tuned.channel_max,
             };
             let registration = ctx.registry.register(info, details);
+            let _open = ctx.vhost.metrics.connection_opened();
             let (outbox, inbox) = mpsc::unbounded_channel();
             let alarm = ctx.vhost.memory.subscribe();
             let mut conn = Conn {
@@ -757,6 +758,7 @@ impl Conn {
                         )));
                     }
                     channels.insert(id, Channel::new(id, io.channel_views));
+                    io.vhost.metrics.channels_opened.inc();
                     io.out.method(
                         id,
                         &AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -843,9 +845,10 @@ impl Conn {
                 epoch,
                 delivery_tag,
                 ack,
+                published_at,
             } => {
                 if let Some(ch) = channels.get_mut(&channel) {
-                    ch.confirmed(&mut io, epoch, delivery_tag, ack);
+                    ch.confirmed(&mut io, epoch, delivery_tag, ack, published_at);
                 }
             }
             Outbound::Committed {

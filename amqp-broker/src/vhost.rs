@@ -18,6 +18,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, routing_keys};
 use crate::memory::MemoryMonitor;
 use crate::message::Message;
+use crate::metrics::{QueueStats, VhostMetrics};
 use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Enqueued, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
 use crate::store::{
@@ -91,6 +92,8 @@ pub(crate) struct Vhost {
     pub(crate) delayed: Delayed,
     /// Counts the bodies of messages held (flow control); every accepted body goes through it.
     pub(crate) memory: Arc<MemoryMonitor>,
+    /// Connections, channels and confirm latency, for `/metrics`.
+    pub(crate) metrics: Arc<VhostMetrics>,
     /// This vhost, for the queues' and the delay timer's tasks (which must not keep it alive).
     me: Weak<Vhost>,
 }
@@ -99,6 +102,8 @@ pub(crate) struct Vhost {
 struct Topology {
     exchanges: HashMap<ShortString, Exchange>,
     queues: HashMap<ShortString, Arc<Queue>>,
+    /// The counters of deleted queues, so that the vhost's totals never go down.
+    deleted_queue_stats: QueueStats,
 }
 
 /// An exchange and its bindings at one moment, for the management API.
@@ -153,6 +158,7 @@ impl Vhost {
             store,
             delayed: Delayed::default(),
             memory,
+            metrics: Arc::default(),
             me: me.clone(),
         })
     }
@@ -254,6 +260,24 @@ impl Vhost {
     /// Number of queues.
     pub fn queue_count(&self) -> usize {
         self.topology.read().queues.len()
+    }
+
+    /// Every queue, in name order.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.topology.read().queues.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// What happened to the messages of every queue this vhost has had (deleted ones
+    /// included, up to their deletion), in this run of the broker.
+    pub fn stats(&self) -> QueueStats {
+        let topo = self.topology.read();
+        let mut total = topo.deleted_queue_stats;
+        for q in topo.queues.values() {
+            total += q.stats();
+        }
+        total
     }
 
     // ----- exchanges -----
@@ -490,6 +514,7 @@ impl Vhost {
         let Some(exchange) = queue.policy.dead_letter_exchange.clone() else {
             return;
         };
+        queue.counters.dead_lettered.inc();
         let routing_key = queue
             .policy
             .dead_letter_routing_key
@@ -651,13 +676,6 @@ impl Vhost {
     }
 
     // ----- for the management API -----
-
-    /// Every queue, by name.
-    pub fn queues(&self) -> Vec<Arc<Queue>> {
-        let mut all: Vec<_> = self.topology.read().queues.values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
-    }
 
     /// The queue named `name`, whoever owns it (the management API acts for the operator, not
     /// for a connection).
@@ -892,7 +910,9 @@ impl Topology {
             return 0;
         };
         self.unbind_everywhere(&Destination::Queue(name.clone()));
-        q.delete()
+        let messages = q.delete();
+        self.deleted_queue_stats += q.stats();
+        messages
     }
 
     fn unbind_everywhere(&mut self, destination: &Destination) {

@@ -1,8 +1,10 @@
 //! The management HTTP API: the commonly used subset of RabbitMQ's management plugin, on its own
 //! port, so tools and scripts written for RabbitMQ work against the bundled broker.
 //!
-//! Every route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
+//! Every `/api` route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
 //! missing or wrong `Authorization` header gets 401 with a `WWW-Authenticate` challenge).
+//! `/metrics` ([`metrics`]) is public, as RabbitMQ's prometheus endpoint: scrapers carry no
+//! credentials.
 //! Answers are JSON in RabbitMQ's shapes; errors are `{"error": ..., "reason": ...}` as there.
 //!
 //! The router is assembled from one module per area: [`api`] (overview, vhosts), [`queues`],
@@ -14,6 +16,7 @@ mod api;
 mod connections;
 mod exchanges;
 mod json;
+mod metrics;
 mod queues;
 
 use std::net::SocketAddr;
@@ -101,14 +104,17 @@ pub(crate) async fn serve(
     }
 }
 
-/// All routes, behind basic auth.
+/// The API's routes behind basic auth, and the public ones beside them.
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let authenticated = Router::new()
         .merge(api::routes())
         .merge(queues::routes())
         .merge(exchanges::routes())
         .merge(connections::routes())
-        .layer(middleware::from_fn_with_state(shared.clone(), require_user))
+        .layer(middleware::from_fn_with_state(shared.clone(), require_user));
+    Router::new()
+        .merge(authenticated)
+        .merge(metrics::routes())
         .with_state(shared)
 }
 

@@ -1,16 +1,27 @@
 //! The management HTTP API: the commonly used subset of RabbitMQ's management plugin, on its own
 //! port, so tools and scripts written for RabbitMQ work against the bundled broker.
 //!
-//! Every route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
-//! missing or wrong `Authorization` header gets 401 with a `WWW-Authenticate` challenge).
+//! Every `/api` route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
+//! missing or wrong `Authorization` header gets 401 with a `WWW-Authenticate` challenge, but
+//! for a page's script: see [`require_user`]).
+//! `/metrics` ([`metrics`]) is public, as RabbitMQ's prometheus endpoint: scrapers carry no
+//! credentials.
 //! Answers are JSON in RabbitMQ's shapes; errors are `{"error": ..., "reason": ...}` as there.
 //!
-//! The router is assembled from one module per area: [`api`] (overview and the objects);
-//! further areas add their own `routes()` and are merged in [`router`]. [`dashboard`] is the web
-//! UI's page and assets, the one area outside the auth layer (it holds no broker data).
+//! The router is assembled from one module per area: [`api`] (overview, vhosts), [`queues`],
+//! [`exchanges`] (exchanges, bindings, publishing) and [`connections`] (connections,
+//! channels, consumers); further areas add their own `routes()` and are merged in [`router`].
+//! [`json`] converts AMQP tables and properties to and from RabbitMQ's JSON. [`dashboard`] is
+//! the web UI's page and assets, outside the auth layer (they hold no broker data; the page's
+//! script calls the API with the user's credentials).
 
 mod api;
+mod connections;
 mod dashboard;
+mod exchanges;
+mod json;
+mod metrics;
+mod queues;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,12 +48,39 @@ pub(crate) struct Shared {
     pub registry: Arc<Registry>,
     /// The AMQP listener's address (reported in `/api/overview`'s `listeners`).
     pub amqp_addr: SocketAddr,
+    /// This API's own address (reported in `listeners` too).
+    pub management_addr: SocketAddr,
 }
 
 impl Shared {
     /// Every virtual host, in name order. (One today: `/`.)
     pub fn vhosts(&self) -> Vec<Arc<Vhost>> {
         vec![self.vhost.clone()]
+    }
+
+    /// Whether `user` may see and act on the objects of vhost `vhost`. Every route decides
+    /// through here, so the users' permissions are checked in this one place (today every
+    /// user may use every vhost).
+    pub fn may_access(&self, user: &AuthUser, vhost: &str) -> bool {
+        let _ = (user, vhost);
+        true
+    }
+
+    /// The vhosts `user` may see, in name order.
+    pub fn vhosts_for(&self, user: &AuthUser) -> Vec<Arc<Vhost>> {
+        self.vhosts()
+            .into_iter()
+            .filter(|v| self.may_access(user, &v.name))
+            .collect()
+    }
+
+    /// The vhost named `name` if `user` may use it; otherwise 404, as RabbitMQ answers for a
+    /// vhost that does not exist.
+    pub fn vhost_for(&self, user: &AuthUser, name: &str) -> Result<Arc<Vhost>, ApiError> {
+        self.vhosts_for(user)
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(not_found)
     }
 }
 
@@ -70,11 +108,18 @@ pub(crate) async fn serve(
     }
 }
 
-/// The API routes behind basic auth; the dashboard's static assets beside them.
+/// The API's routes behind basic auth, and the public ones beside them (`/metrics`, the
+/// dashboard's page and assets).
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let authenticated = Router::new()
         .merge(api::routes())
-        .layer(middleware::from_fn_with_state(shared.clone(), require_user))
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(connections::routes())
+        .layer(middleware::from_fn_with_state(shared.clone(), require_user));
+    Router::new()
+        .merge(authenticated)
+        .merge(metrics::routes())
         .merge(dashboard::routes())
         .with_state(shared)
 }
@@ -120,6 +165,67 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (name, password) = text.split_once(':')?;
     Some((name.to_owned(), password.to_owned()))
+}
+
+/// 404 for an object that does not exist, in RabbitMQ's words.
+pub(crate) fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        error: "Object Not Found",
+        reason: "Not Found".into(),
+    }
+}
+
+/// 400 with RabbitMQ's `bad_request` error and the reason.
+pub(crate) fn bad_request(reason: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        error: "bad_request",
+        reason: reason.to_string(),
+    }
+}
+
+/// A route's error answer, rendered by [`error`]: handlers return `Result<_, ApiError>`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    reason: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, self.error, &self.reason)
+    }
+}
+
+/// An AMQP error from an operation the API performed: 404 for a missing object, 400 with the
+/// AMQP reply text (`PRECONDITION_FAILED - ...`) for the rest.
+pub(crate) fn amqp_error(e: crate::error::AmqpError) -> ApiError {
+    if e.code == crate::error::reply::NOT_FOUND {
+        return not_found();
+    }
+    bad_request(e.text)
+}
+
+/// Whether the query string sets `key=true` (`?if-unused=true`).
+pub(crate) fn query_flag(query: Option<&str>, key: &str) -> bool {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .any(|pair| pair.split_once('=') == Some((key, "true")))
+}
+
+/// The node name reported in `node` fields (RabbitMQ's `rabbit@host`).
+pub(crate) const NODE: &str = "amqp-broker@localhost";
+
+/// A request body as JSON: an empty body is `null` (RabbitMQ takes it as "all defaults"),
+/// anything else that is not JSON is 400.
+pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format_args!("invalid JSON: {e}")))
 }
 
 /// An error answer in RabbitMQ's shape: `{"error": "not_found", "reason": "Object Not Found"}`.

@@ -42,13 +42,14 @@ const QUEUES = {
   publish: { name: `dashboard-${RUN_ID}-publish`, messages: 0 },
   doomed: { name: `dashboard-${RUN_ID}-doomed`, messages: 2 },
 };
-// The stylesheet's colours that the screenshot must show (dashboard.css :root).
-const COLOURS = {
-  header: [0x1f, 0x29, 0x33],
-  'ready line': [0xe0, 0xa8, 0x00],
-  'publish line': [0xf2, 0x65, 0x22],
-  'delete button': [0xc6, 0x28, 0x28],
-};
+// What the screenshot must show, each in its element's box: the stylesheet's colour for it
+// (dashboard.css :root).
+const DRAWN = [
+  { what: 'the header', selector: 'header', rgb: [0x1f, 0x29, 0x33] },
+  { what: 'the ready line', selector: '#depth-chart', rgb: [0xe0, 0xa8, 0x00] },
+  { what: 'the publish line', selector: '#rates-chart', rgb: [0xf2, 0x65, 0x22] },
+  { what: 'the delete buttons', selector: '#queues', rgb: [0xc6, 0x28, 0x28] },
+];
 
 class CheckFailed extends Error {}
 
@@ -217,13 +218,25 @@ async function main() {
     ['the charts are drawn', async () => {
       await page.waitForSelector('#depth-chart polyline.series.ready', { state: 'attached', timeout: WAIT_MS });
       expect(await page.$('#rates-chart line.axis'), 'the rates chart has no axis');
-      // A second poll gives rates; publish between polls so the rates chart has a line.
+      // Publish a burst: a later poll shows a publish rate above zero, in the legend and in the
+      // queue's row, and the chart draws it.
       for (let i = 0; i < 20; i++) channel.sendToQueue(QUEUES.orders.name, Buffer.from(`burst ${i}`));
       await channel.waitForConfirms();
-      await page.waitForSelector('#rates-chart polyline.series.publish', { state: 'attached', timeout: WAIT_MS });
       await waitForText(page, `${row(QUEUES.orders.name)} td.ready`, '23');
-      const publishRate = await page.textContent('[data-latest="publish"]');
-      expect(/\/s$/.test(publishRate), `the publish rate reads "${publishRate}"`);
+      try {
+        await page.waitForFunction(
+          (selectors) => selectors.every((s) => {
+            const shown = document.querySelector(s)?.textContent ?? '';
+            return /^[\d,.]+\/s$/.test(shown) && shown !== '0.0/s';
+          }),
+          ['[data-latest="publish"]', `${row(QUEUES.orders.name)} td.publish-rate`],
+          { timeout: WAIT_MS },
+        );
+      } catch {
+        const shown = await page.textContent('[data-latest="publish"]');
+        throw new CheckFailed(`no publish rate above zero after the burst (the legend reads "${shown}")`);
+      }
+      expect(await page.$('#rates-chart polyline.series.publish'), 'the rates chart has no publish line');
     }],
     ['every queue has purge and delete buttons', async () => {
       for (const { name } of Object.values(QUEUES)) {
@@ -306,8 +319,20 @@ async function main() {
       const [background, most] = [...counts.entries()].sort((a, b) => b[1] - a[1])[0];
       const total = png.width * png.height;
       expect(most < total * 0.9, `${Math.round((most / total) * 100)}% of the screenshot is ${background}`);
-      const missing = Object.entries(COLOURS).filter(([, rgb]) => !counts.has(rgb.join()));
-      expect(missing.length === 0, `no pixel of ${missing.map(([what]) => what).join(', ')}`);
+      for (const { what, selector, rgb } of DRAWN) {
+        // The element's box in page coordinates, which are the full-page screenshot's.
+        const box = await page.$eval(selector, (e) => {
+          const r = e.getBoundingClientRect();
+          return { x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height };
+        });
+        let found = false;
+        for (let y = Math.floor(box.y); y < box.y + box.height && y < png.height && !found; y++) {
+          for (let x = Math.floor(box.x); x < box.x + box.width && x < png.width && !found; x++) {
+            found = png.rows[y][x].join() === rgb.join();
+          }
+        }
+        expect(found, `${what} (${selector}) has no pixel of its colour rgb(${rgb.join(', ')})`);
+      }
       console.log(`  screenshot ${screenshotPath}: ${png.width}x${png.height}, ${counts.size} colours`);
     }],
     ['no script errors on the page', async () => {

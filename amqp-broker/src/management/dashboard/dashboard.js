@@ -9,11 +9,13 @@
 // Rates: where the API gives RabbitMQ's `message_stats.<counter>_details.rate`, that is shown;
 // where it gives only the cumulative counters (`message_stats.publish`, `deliver_get`), the rate
 // is their difference between two polls divided by the seconds between them; without either,
-// "–". The charts show the last CHART_WINDOW_MS of polls, kept in this tab only.
+// "–". The charts show the polls of the last CHART_WINDOW_MS, kept in this tab only; until the
+// page has been open that long they span the time since it opened (at least CHART_MIN_SPAN_MS).
 'use strict';
 
 const REFRESH_MS = 5000;
 const CHART_WINDOW_MS = 5 * 60 * 1000;
+const CHART_MIN_SPAN_MS = 60 * 1000;
 const CREDENTIALS_KEY = 'amqp-broker.dashboard.authorization';
 
 const state = {
@@ -240,6 +242,11 @@ function remember(sample) {
   while (state.history[0].at < sample.at - CHART_WINDOW_MS) state.history.shift();
 }
 
+// "−45 s", "−3 min": how far back the left edge of a chart is.
+function formatAge(ms) {
+  return ms < 120_000 ? `−${Math.round(ms / 1000)} s` : `−${Math.round(ms / 60_000)} min`;
+}
+
 const SVG = 'http://www.w3.org/2000/svg';
 
 function svg(name, attributes, text) {
@@ -250,7 +257,8 @@ function svg(name, attributes, text) {
 }
 
 // A line per series over the kept history: x is the sample's age (now at the right edge, the
-// window's start at the left), y is scaled to the largest value shown, labelled on the left.
+// oldest sample, or CHART_MIN_SPAN_MS ago, at the left), y is scaled to the largest value shown,
+// labelled on the left.
 function drawChart(chart, series, format, now) {
   const [, , width, height] = chart.getAttribute('viewBox').split(' ').map(Number);
   const left = 56;
@@ -259,7 +267,8 @@ function drawChart(chart, series, format, now) {
   const right = width - 4;
   const values = state.history.flatMap((s) => series.map((name) => s[name])).filter((v) => typeof v === 'number');
   const max = Math.max(1, ...values);
-  const x = (at) => right - ((now - at) / CHART_WINDOW_MS) * (right - left);
+  const span = Math.max(CHART_MIN_SPAN_MS, now - state.history[0].at);
+  const x = (at) => right - ((now - at) / span) * (right - left);
   const y = (v) => bottom - (v / max) * (bottom - top);
 
   chart.replaceChildren(
@@ -267,7 +276,7 @@ function drawChart(chart, series, format, now) {
     svg('line', { class: 'grid', x1: left, y1: top, x2: right, y2: top }),
     svg('text', { class: 'label', x: left - 4, y: top + 4, 'text-anchor': 'end' }, format(max)),
     svg('text', { class: 'label', x: left - 4, y: bottom + 4, 'text-anchor': 'end' }, format(0)),
-    svg('text', { class: 'label', x: left, y: height - 4 }, `−${CHART_WINDOW_MS / 60000} min`),
+    svg('text', { class: 'label', x: left, y: height - 4 }, formatAge(span)),
     svg('text', { class: 'label', x: right, y: height - 4, 'text-anchor': 'end' }, 'now'),
   );
   for (const name of series) {

@@ -10,7 +10,8 @@
 //! The router is assembled from one module per area: [`api`] (overview, vhosts), [`queues`],
 //! [`exchanges`] (exchanges, bindings, publishing) and [`connections`] (connections,
 //! channels, consumers); further areas add their own `routes()` and are merged in [`router`].
-//! [`json`] converts AMQP tables and properties to and from RabbitMQ's JSON.
+//! [`json`] converts AMQP tables and properties to and from RabbitMQ's JSON; [`stats`] turns
+//! the message counters into `message_stats` with rates.
 
 mod api;
 mod connections;
@@ -18,6 +19,7 @@ mod exchanges;
 mod json;
 mod metrics;
 mod queues;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub(crate) struct Shared {
     pub amqp_addr: SocketAddr,
     /// This API's own address (reported in `listeners` too).
     pub management_addr: SocketAddr,
+    /// The last samples of the message counters, for `message_stats` rates.
+    pub rates: stats::Rates,
 }
 
 impl Shared {

@@ -78,6 +78,19 @@ fn find<'a>(list: &'a Value, key: &str, value: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {key} = {value} in {list}"))
 }
 
+/// `v` (an object or a list of them) without `message_stats`.
+fn without_stats(v: &Value) -> Value {
+    match v {
+        Value::Array(list) => Value::Array(list.iter().map(without_stats).collect()),
+        Value::Object(fields) => {
+            let mut fields = fields.clone();
+            fields.remove("message_stats");
+            Value::Object(fields)
+        }
+        other => other.clone(),
+    }
+}
+
 fn assert_not_found(status: StatusCode, body: &Value) {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(
@@ -135,8 +148,22 @@ async fn queues_show_what_lapin_declared_published_and_took() {
     assert_eq!(q["consumers"], 0);
     assert_eq!(q["state"], "running");
     assert_eq!(q["type"], "classic");
-    assert_eq!(&api.get("/api/queues/%2F").await, &all);
-    assert_eq!(&api.get("/api/queues/%2F/mgmt-q").await, q);
+    // Counted as the queue saw them: 3 in, 1 out (the get), none acked yet.
+    let stats = &q["message_stats"];
+    assert_eq!(stats["publish"], 3);
+    assert_eq!(stats["deliver_get"], 1);
+    assert_eq!(stats["ack"], 0);
+    assert_eq!(stats["redeliver"], 0);
+    assert!(stats["publish_details"]["rate"].is_f64(), "{stats}");
+    // The same queue by vhost and by name (rates aside: they move with time).
+    assert_eq!(
+        without_stats(&api.get("/api/queues/%2F").await),
+        without_stats(&all)
+    );
+    assert_eq!(
+        without_stats(&api.get("/api/queues/%2F/mgmt-q").await),
+        without_stats(q)
+    );
 
     let overview = api.get("/api/overview").await;
     assert_eq!(overview["object_totals"]["queues"], 1);
@@ -150,9 +177,12 @@ async fn queues_show_what_lapin_declared_published_and_took() {
         overview["listeners"][1]["port"],
         api.broker.management_port().unwrap()
     );
+    assert_eq!(overview["message_stats"]["publish"], 3);
+    assert_eq!(overview["message_stats"]["deliver_get"], 1);
     let vhosts = api.get("/api/vhosts").await;
     assert_eq!(vhosts[0]["name"], "/");
     assert_eq!(vhosts[0]["messages"], 3);
+    assert_eq!(vhosts[0]["message_stats"]["publish"], 3);
 
     // Purge drops the ready ones; the unacked one stays out.
     let (status, _) = api
@@ -706,4 +736,124 @@ async fn by_number_now(api: &Api, n: u16) -> Value {
         .find(|c| c["number"] == n)
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn every_route_needs_credentials() {
+    let api = Api::start().await;
+    for (method, path) in [
+        (Method::GET, "/api/queues"),
+        (Method::GET, "/api/queues/%2F"),
+        (Method::PUT, "/api/queues/%2F/q"),
+        (Method::DELETE, "/api/queues/%2F/q"),
+        (Method::DELETE, "/api/queues/%2F/q/contents"),
+        (Method::POST, "/api/queues/%2F/q/get"),
+        (Method::GET, "/api/exchanges"),
+        (Method::PUT, "/api/exchanges/%2F/x"),
+        (Method::POST, "/api/exchanges/%2F/amq.default/publish"),
+        (Method::GET, "/api/bindings"),
+        (Method::POST, "/api/bindings/%2F/e/amq.direct/q/q"),
+        (Method::GET, "/api/connections"),
+        (Method::DELETE, "/api/connections/c"),
+        (Method::GET, "/api/channels"),
+        (Method::GET, "/api/consumers"),
+        (Method::GET, "/api/vhosts"),
+    ] {
+        let response = api
+            .client
+            .request(method.clone(), format!("{}{path}", api.base))
+            .basic_auth("guest", Some("not the password"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
+    }
+    // Nothing was done.
+    assert_eq!(api.get("/api/queues").await, json!([]));
+    api.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn get_with_reject_dead_letters_and_queue_kinds_show() {
+    let api = Api::start().await;
+    let conn = api.amqp("kinds").await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        "dead-q".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("dead-q".into()),
+    );
+    ch.queue_declare("dl-src".into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        "quorum-q".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum,
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        "excl-q".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.get("/api/queues/%2F/quorum-q").await["type"], "quorum");
+    assert_eq!(api.get("/api/queues/%2F/excl-q").await["exclusive"], true);
+
+    let body = json!({"properties": {}, "routing_key": "dl-src", "payload": "bad", "payload_encoding": "string"});
+    api.call(
+        Method::POST,
+        "/api/exchanges/%2F/amq.default/publish",
+        Some(body),
+    )
+    .await;
+    let (status, got) = api
+        .call(
+            Method::POST,
+            "/api/queues/%2F/dl-src/get",
+            Some(json!({"count": 1, "ackmode": "reject_requeue_false", "encoding": "auto"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got[0]["payload"], "bad");
+    assert_eq!(api.get("/api/queues/%2F/dl-src").await["messages"], 0);
+    let dead = ch
+        .basic_get("dead-q".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("dead-lettered");
+    assert_eq!(dead.delivery.data, b"bad");
+    let death = dead.delivery.properties.headers().as_ref().unwrap();
+    assert!(death.inner().contains_key("x-death"), "{death:?}");
+    conn.close(200, "bye".into()).await.unwrap();
+    api.broker.shutdown().await.unwrap();
 }

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::{AuthUser, NODE, Shared};
+use crate::metrics::QueueStats;
 use crate::vhost::Vhost;
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
@@ -50,7 +51,8 @@ impl Totals {
 }
 
 /// `GET /api/overview`: who this is, what it listens on, object and message totals (over the
-/// vhosts the user may see).
+/// vhosts the user may see). Its `message_stats` count messages as the queues saw them (a
+/// message routed to two queues is published twice), deleted queues included.
 async fn overview(
     State(shared): State<Arc<Shared>>,
     Extension(user): Extension<AuthUser>,
@@ -58,10 +60,16 @@ async fn overview(
     let vhosts = shared.vhosts_for(&user);
     let mut totals = Totals::default();
     let mut exchanges = 0;
+    let mut stats = QueueStats::default();
     for v in &vhosts {
         totals.add(&Totals::of(v));
         exchanges += v.exchanges().len();
+        stats += v.stats();
     }
+    // The user's own key: what it may see, and so its totals, differ from another user's.
+    let message_stats = shared
+        .rates
+        .message_stats(&format!("overview:{}", user.name), stats);
     let connections: Vec<_> = shared
         .registry
         .snapshot()
@@ -86,6 +94,7 @@ async fn overview(
             "queues": totals.queues,
             "consumers": totals.consumers,
         },
+        "message_stats": message_stats,
         "queue_totals": {
             "messages": totals.ready + totals.unacked,
             "messages_ready": totals.ready,
@@ -118,6 +127,7 @@ async fn vhosts(
                     "messages": t.ready + t.unacked,
                     "messages_ready": t.ready,
                     "messages_unacknowledged": t.unacked,
+                    "message_stats": shared.rates.message_stats(&format!("vhost:{}", v.name), v.stats()),
                 })
             })
             .collect(),

@@ -11,9 +11,10 @@
 //! The router is assembled from one module per area: [`api`] (overview, vhosts), [`queues`],
 //! [`exchanges`] (exchanges, bindings, publishing) and [`connections`] (connections,
 //! channels, consumers); further areas add their own `routes()` and are merged in [`router`].
-//! [`json`] converts AMQP tables and properties to and from RabbitMQ's JSON. [`dashboard`] is
-//! the web UI's page and assets, outside the auth layer (they hold no broker data; the page's
-//! script calls the API with the user's credentials).
+//! [`json`] converts AMQP tables and properties to and from RabbitMQ's JSON; [`stats`] turns
+//! the message counters into `message_stats` with rates. [`dashboard`] is the web UI's page and
+//! assets, outside the auth layer (they hold no broker data; the page's script calls the API
+//! with the user's credentials).
 
 mod api;
 mod connections;
@@ -22,6 +23,7 @@ mod exchanges;
 mod json;
 mod metrics;
 mod queues;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub(crate) struct Shared {
     pub amqp_addr: SocketAddr,
     /// This API's own address (reported in `listeners` too).
     pub management_addr: SocketAddr,
+    /// The last samples of the message counters, for `message_stats` rates.
+    pub rates: stats::Rates,
 }
 
 impl Shared {

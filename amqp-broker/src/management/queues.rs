@@ -43,9 +43,11 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 }
 
 /// A queue in RabbitMQ's JSON shape.
-pub(super) fn queue_json(vhost: &str, q: &Queue) -> Value {
+fn queue_json(shared: &Shared, vhost: &str, q: &Queue) -> Value {
     let s = q.snapshot();
+    let key = format!("queue:{vhost}:{}", q.name);
     json!({
+        "message_stats": shared.rates.message_stats(&key, q.stats()),
         "name": q.name.as_str(),
         "vhost": vhost,
         "durable": q.durable,
@@ -63,11 +65,11 @@ pub(super) fn queue_json(vhost: &str, q: &Queue) -> Value {
     })
 }
 
-fn vhost_queues(vhost: &Vhost) -> Vec<Value> {
+fn vhost_queues(shared: &Shared, vhost: &Vhost) -> Vec<Value> {
     vhost
         .queues()
         .iter()
-        .map(|q| queue_json(&vhost.name, q))
+        .map(|q| queue_json(shared, &vhost.name, q))
         .collect()
 }
 
@@ -80,7 +82,7 @@ async fn list_all(
         shared
             .vhosts_for(&user)
             .iter()
-            .flat_map(|v| vhost_queues(v))
+            .flat_map(|v| vhost_queues(&shared, v))
             .collect(),
     )
 }
@@ -92,7 +94,7 @@ async fn list_vhost(
     Path(vhost): Path<String>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let vhost = shared.vhost_for(&user, &vhost)?;
-    Ok(Json(vhost_queues(&vhost)))
+    Ok(Json(vhost_queues(&shared, &vhost)))
 }
 
 /// The vhost and the queue a path names (404 if either is missing).
@@ -114,7 +116,7 @@ async fn show(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (vhost, q) = find(&shared, &user, &vhost, &name)?;
-    Ok(Json(queue_json(&vhost.name, &q)))
+    Ok(Json(queue_json(&shared, &vhost.name, &q)))
 }
 
 /// A boolean field of a request body, with its default when absent.

@@ -41,6 +41,8 @@ const QUEUES = {
   purge: { name: `dashboard-${RUN_ID}-purge`, messages: 5 },
   publish: { name: `dashboard-${RUN_ID}-publish`, messages: 0 },
   doomed: { name: `dashboard-${RUN_ID}-doomed`, messages: 2 },
+  // Broker data is shown as text, never parsed as HTML.
+  markup: { name: `dashboard-${RUN_ID}-<img src=x onerror=alert(1)>`, messages: 1 },
 };
 // What the screenshot must show, each in its element's box: the stylesheet's colour for it
 // (dashboard.css :root).
@@ -203,6 +205,9 @@ async function main() {
         await waitForText(page, `${row(name)} td.unacked`, '0');
         await waitForText(page, `${row(name)} td.consumers`, '0');
       }
+      const { name } = QUEUES.markup;
+      const shown = await page.$eval(`${row(name)} td.name`, (td) => ({ text: td.textContent, elements: td.childElementCount }));
+      expect(shown.text === name && shown.elements === 0, `the queue named ${name} shows as ${JSON.stringify(shown)}`);
       const queues = Number(await page.textContent('[data-total="queues"]'));
       expect(queues >= Object.keys(QUEUES).length, `the overview counts ${queues} queues`);
     }],

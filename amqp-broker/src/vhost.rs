@@ -106,6 +106,18 @@ struct Topology {
     deleted_queue_stats: QueueStats,
 }
 
+/// What became of a message the operator published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// At least one queue (or a delayed exchange) took it.
+    Routed,
+    /// No queue was bound to take it.
+    Unroutable,
+    /// A queue refused it (a length limit with `reject-publish`, or the store failing): a
+    /// publisher with confirms would get a nack.
+    Refused,
+}
+
 /// An exchange and its bindings at one moment, for the management API.
 #[derive(Debug)]
 pub(crate) struct ExchangeSnapshot {
@@ -721,17 +733,16 @@ impl Vhost {
         Ok(Some(n))
     }
 
-    /// Publishes a message the operator sent (the management API's publish): routed as
-    /// `basic.publish` routes it; returns whether any queue (or a delayed exchange) took it.
-    /// Its body is counted for flow control like any other; the answer does not wait for the
-    /// store's sync.
+    /// Publishes a message the operator sent (the management API's publish), routed as
+    /// `basic.publish` routes it. Its body is counted for flow control like any other; the
+    /// answer does not wait for the store's sync.
     pub fn publish_by_operator(
         &self,
         exchange: &ShortString,
         routing_key: &ShortString,
         properties: amq_protocol::protocol::BasicProperties,
         body: bytes::Bytes,
-    ) -> AmqpResult<bool> {
+    ) -> AmqpResult<Published> {
         let headers = properties.headers().clone();
         let keys = routing_keys(routing_key.as_str(), headers.as_ref());
         let msg = Arc::new(Message {
@@ -741,22 +752,23 @@ impl Vhost {
             body: self.memory.track(body),
         });
         if let Some(delay) = self.delay_for(exchange, headers.as_ref()) {
-            return match self.schedule_delayed(&keys, &msg, delay) {
-                Ok(_) => Ok(true),
-                Err(reason) => Err(AmqpError::internal_error(format_args!(
-                    "cannot store message: {reason}"
-                ))),
-            };
+            return Ok(match self.schedule_delayed(&keys, &msg, delay) {
+                Ok(_) => Published::Routed,
+                Err(_) => Published::Refused,
+            });
         }
         let route = self.route(exchange, &keys, headers.as_ref())?;
-        let mut routed = false;
+        let mut outcome = Published::Unroutable;
         for q in &route.queues {
-            routed |= matches!(
-                q.publish(msg.clone()),
-                Enqueued::Accepted | Enqueued::Rejected
-            );
+            match q.publish(msg.clone()) {
+                Enqueued::Accepted if outcome == Published::Unroutable => {
+                    outcome = Published::Routed;
+                }
+                Enqueued::Rejected | Enqueued::StoreFailed => outcome = Published::Refused,
+                Enqueued::Accepted | Enqueued::Gone => {}
+            }
         }
-        Ok(routed)
+        Ok(outcome)
     }
 
     // ----- direct reply-to -----

@@ -231,23 +231,44 @@ async fn unknown_objects_are_404_and_bad_bodies_400() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "bad_request");
+    assert_eq!(body, json!({"error": "bad_request", "reason": "not_json"}));
     for (path, bad) in [
         ("/api/queues/%2F/bad-body", json!([1, 2])),
         ("/api/queues/%2F/bad-body", json!({"durable": "yes"})),
         ("/api/queues/%2F/bad-body", json!({"arguments": 5})),
-        ("/api/exchanges/%2F/bad-x", json!({"durable": true})),
+        (
+            "/api/queues/%2F/bad-body",
+            json!({"arguments": {"x-max-length": "many"}}),
+        ),
+        ("/api/exchanges/%2F/bad-x", json!({"type": 5})),
         ("/api/exchanges/%2F/bad-x", json!({"type": "no-such-type"})),
     ] {
         let (status, body) = api.call(Method::PUT, path, Some(bad.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {bad}: {body}");
         assert_eq!(body["error"], "bad_request");
     }
-    // Nothing was created by the refused requests.
-    let (status, _) = api
-        .call(Method::GET, "/api/queues/%2F/bad-body", None)
+    // Reserved names are refused as RabbitMQ refuses them through its API.
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/api/exchanges/%2F/amq.mine",
+            Some(json!({"type": "direct"})),
+        )
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body,
+        json!({"error": "not_authorised", "reason": "Access refused."})
+    );
+    // Nothing was created by the refused requests.
+    for path in [
+        "/api/queues/%2F/bad-body",
+        "/api/exchanges/%2F/bad-x",
+        "/api/exchanges/%2F/amq.mine",
+    ] {
+        let (status, _) = api.call(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
     api.broker.shutdown().await.unwrap();
 }
 
@@ -272,12 +293,19 @@ async fn queues_are_declared_and_deleted_as_rabbitmq_answers() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        err["reason"]
-            .as_str()
-            .unwrap()
-            .contains("inequivalent arg 'durable'"),
-        "{err}"
+    assert_eq!(
+        err["reason"],
+        "inequivalent arg 'durable' for queue 'put-q' in vhost '/': received 'true' but current is 'false'"
+    );
+    // Without a body, defaults as queue.declare's: transient, not auto-delete.
+    let (status, _) = api
+        .call(Method::PUT, "/api/queues/%2F/put-default", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let q = api.get("/api/queues/%2F/put-default").await;
+    assert_eq!(
+        (&q["durable"], &q["auto_delete"]),
+        (&json!(false), &json!(false))
     );
 
     // lapin sees it as declared (a passive declare succeeds, with the TTL argument there).
@@ -314,10 +342,7 @@ async fn queues_are_declared_and_deleted_as_rabbitmq_answers() {
         .call(Method::DELETE, "/api/queues/%2F/put-q?if-empty=true", None)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        err["reason"].as_str().unwrap().contains("is not empty"),
-        "{err}"
-    );
+    assert_eq!(err["reason"], "queue 'put-q' in vhost '/' is not empty");
     let (status, _) = api
         .call(Method::DELETE, "/api/queues/%2F/put-q?if-unused=true", None)
         .await;
@@ -382,8 +407,43 @@ async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
         )
         .await;
     assert_not_found(status, &body);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(json!({"routing_key": "pub-q", "payload": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["reason"],
+        "[{key_missing,properties},{key_missing,payload_encoding}]"
+    );
+    // A queue that refuses it (full, reject-publish) is what a nack would be.
+    let mut full = FieldTable::default();
+    full.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    full.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare("full-q".into(), QueueDeclareOptions::default(), full)
+        .await
+        .unwrap();
+    let mut refused = publish("x", "string");
+    refused["routing_key"] = json!("full-q");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(refused),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["reason"],
+        "rejected Unable to publish message. Check queue limits."
+    );
     for bad in [
-        json!({"routing_key": "pub-q", "payload": "x", "payload_encoding": "string"}),
         publish("x", "rot13"),
         publish("***", "base64"),
         json!({"properties": {"delivery_mode": "two"}, "routing_key": "pub-q", "payload": "x", "payload_encoding": "string"}),
@@ -450,7 +510,7 @@ async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
         .await;
     assert_eq!(got[0]["payload_bytes"], 4);
     assert_eq!(api.get("/api/queues/%2F/pub-q").await["messages"], 0);
-    let (status, _) = api
+    let (status, body) = api
         .call(
             Method::POST,
             "/api/queues/%2F/pub-q/get",
@@ -458,6 +518,18 @@ async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["reason"], "[{key_missing,encoding}]");
+    let (_, body) = api
+        .call(
+            Method::POST,
+            "/api/queues/%2F/pub-q/get",
+            Some(json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "utf-7"})),
+        )
+        .await;
+    assert_eq!(
+        body["reason"],
+        "Unsupported encoding. Please use auto or base64."
+    );
     conn.close(200, "bye".into()).await.unwrap();
     api.broker.shutdown().await.unwrap();
 }

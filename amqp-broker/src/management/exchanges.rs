@@ -17,10 +17,13 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::queues::{OPERATOR, flag, object_body};
-use super::{ApiError, AuthUser, Shared, amqp_error, bad_request, json, not_found, query_flag};
+use super::queues::{OPERATOR, flag};
+use super::{
+    ApiError, AuthUser, Shared, amqp_error, bad_request, channel_error, json, not_found,
+    object_body, query_flag, require_keys,
+};
 use crate::exchange::{Binding, Destination};
-use crate::vhost::{ExchangeFlags, ExchangeSnapshot, Vhost};
+use crate::vhost::{ExchangeFlags, ExchangeSnapshot, Published, Vhost};
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -183,8 +186,8 @@ async fn show(
 }
 
 /// `PUT /api/exchanges/{vhost}/{name}` with `{"type", "durable", "auto_delete", "internal",
-/// "arguments"}` (`type` required, `durable` defaulting to true): 201 created, 204 when an
-/// equivalent one exists, 400 otherwise.
+/// "arguments"}` (all optional, defaulting as in `exchange.declare`: a transient `direct`
+/// exchange): 201 created, 204 when an equivalent one exists, 400 otherwise.
 async fn declare(
     State(shared): State<Arc<Shared>>,
     Extension(user): Extension<AuthUser>,
@@ -193,11 +196,13 @@ async fn declare(
 ) -> Result<StatusCode, ApiError> {
     let v = shared.vhost_for(&user, &vhost)?;
     let body = object_body(&body)?;
-    let Some(kind) = body.get("type").and_then(Value::as_str) else {
-        return Err(bad_request("type not found"));
+    let kind = match body.get("type") {
+        None | Some(Value::Null) => "direct",
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(_) => return Err(bad_request("type must be a string")),
     };
     let flags = ExchangeFlags {
-        durable: flag(&body, "durable", true)?,
+        durable: flag(&body, "durable", false)?,
         auto_delete: flag(&body, "auto_delete", false)?,
         internal: flag(&body, "internal", false)?,
     };
@@ -232,17 +237,16 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A string field a request body must have (400 `KEY not found` otherwise).
-fn required_str<'a>(body: &'a Value, key: &str) -> Result<&'a str, ApiError> {
-    match body.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(bad_request(format_args!("{key} must be a string"))),
-        None => Err(bad_request(format_args!("{key} not found"))),
-    }
+/// A string field of a request body (checked present by [`require_keys`]).
+fn string_field<'a>(body: &'a Value, key: &str) -> Result<&'a str, ApiError> {
+    body[key]
+        .as_str()
+        .ok_or_else(|| bad_request(format_args!("{key} must be a string")))
 }
 
 /// `POST /api/exchanges/{vhost}/{name}/publish` with `{"properties", "routing_key",
-/// "payload", "payload_encoding"}` (all required, as in RabbitMQ): `{"routed": bool}`.
+/// "payload", "payload_encoding"}` (all required, as in RabbitMQ): `{"routed": bool}`, or 400
+/// when a queue refuses the message (what would be a nack).
 async fn publish(
     State(shared): State<Arc<Shared>>,
     Extension(user): Extension<AuthUser>,
@@ -250,10 +254,15 @@ async fn publish(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let v = shared.vhost_for(&user, &vhost)?;
+    let x = find_exchange(&v, &name)?;
     let body = object_body(&body)?;
-    let routing_key = required_str(&body, "routing_key")?;
-    let payload = required_str(&body, "payload")?;
-    let payload = match required_str(&body, "payload_encoding")? {
+    require_keys(
+        &body,
+        &["routing_key", "properties", "payload", "payload_encoding"],
+    )?;
+    let routing_key = string_field(&body, "routing_key")?;
+    let payload = string_field(&body, "payload")?;
+    let payload = match string_field(&body, "payload_encoding")? {
         "string" => Bytes::copy_from_slice(payload.as_bytes()),
         "base64" => Bytes::from(
             base64::engine::general_purpose::STANDARD
@@ -266,22 +275,26 @@ async fn publish(
             )));
         }
     };
-    let Some(properties) = body.get("properties") else {
-        return Err(bad_request("properties not found"));
-    };
-    let properties = json::to_properties(properties).map_err(bad_request)?;
+    let properties = json::to_properties(&body["properties"]).map_err(bad_request)?;
     if routing_key.len() > 255 {
         return Err(bad_request("routing_key is at most 255 bytes"));
     }
     let routed = v
         .publish_by_operator(
-            &ShortString::from(exchange_name(&name)),
+            &ShortString::from(x.name),
             &ShortString::from(routing_key),
             properties,
             payload,
         )
-        .map_err(amqp_error)?;
-    Ok(Json(json!({ "routed": routed })))
+        .map_err(channel_error)?;
+    match routed {
+        Published::Routed => Ok(Json(json!({ "routed": true }))),
+        Published::Unroutable => Ok(Json(json!({ "routed": false }))),
+        // RabbitMQ's words for a nack.
+        Published::Refused => Err(bad_request(
+            "rejected Unable to publish message. Check queue limits.",
+        )),
+    }
 }
 
 /// Every binding in `vhost`, the default exchange's implicit ones first (as RabbitMQ lists).

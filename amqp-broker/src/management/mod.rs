@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::broker::Signal;
 use crate::config::Config;
+use crate::error::{AmqpError, reply};
 use crate::registry::Registry;
 use crate::vhost::Vhost;
 
@@ -173,20 +174,12 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 /// 404 for an object that does not exist, in RabbitMQ's words.
 pub(crate) fn not_found() -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        error: "Object Not Found",
-        reason: "Not Found".into(),
-    }
+    ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
 }
 
 /// 400 with RabbitMQ's `bad_request` error and the reason.
 pub(crate) fn bad_request(reason: impl std::fmt::Display) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        error: "bad_request",
-        reason: reason.to_string(),
-    }
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", &reason.to_string())
 }
 
 /// A route's error answer, rendered by [`error`]: handlers return `Result<_, ApiError>`.
@@ -197,19 +190,78 @@ pub(crate) struct ApiError {
     reason: String,
 }
 
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, reason: &str) -> Self {
+        Self {
+            status,
+            error,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error(self.status, self.error, &self.reason)
     }
 }
 
-/// An AMQP error from an operation the API performed: 404 for a missing object, 400 with the
-/// AMQP reply text (`PRECONDITION_FAILED - ...`) for the rest.
-pub(crate) fn amqp_error(e: crate::error::AmqpError) -> ApiError {
-    if e.code == crate::error::reply::NOT_FOUND {
-        return not_found();
+/// An AMQP error from a declaration, deletion or binding, answered as RabbitMQ's API answers
+/// them (its `direct_request`): 404 `not_found` and 400 `bad_request` with the explanation
+/// (the reply text without its `NAME - ` prefix), 401 "Access refused." for ACCESS_REFUSED and
+/// NOT_ALLOWED.
+pub(crate) fn amqp_error(e: AmqpError) -> ApiError {
+    let explanation = e
+        .text
+        .split_once(" - ")
+        .map_or(e.text.as_str(), |(_, detail)| detail);
+    match e.code {
+        reply::NOT_FOUND => ApiError::new(StatusCode::NOT_FOUND, "not_found", explanation),
+        reply::ACCESS_REFUSED | reply::NOT_ALLOWED => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "not_authorised",
+            "Access refused.",
+        ),
+        _ => bad_request(explanation),
     }
-    bad_request(e.text)
+}
+
+/// An AMQP error from a publish, answered as RabbitMQ's API answers errors on the channel it
+/// publishes on: 404 `not_found` and 401 `not_authorised` with the reply text, 400
+/// `bad_request` with "CODE TEXT" otherwise.
+pub(crate) fn channel_error(e: AmqpError) -> ApiError {
+    match e.code {
+        reply::NOT_FOUND => ApiError::new(StatusCode::NOT_FOUND, "not_found", &e.text),
+        reply::ACCESS_REFUSED => ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", &e.text),
+        code => bad_request(format_args!("{code} {}", e.text)),
+    }
+}
+
+/// 400 naming the keys a body lacks, in RabbitMQ's words (`[{key_missing,payload}]`), or
+/// `Ok` when it has them all.
+pub(crate) fn require_keys(body: &serde_json::Value, keys: &[&str]) -> Result<(), ApiError> {
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| body.get(**k).is_none())
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(bad_request(format_args!("[{}]", missing.join(","))))
+}
+
+/// A request body that must be a JSON object: empty or `null` is `{}` (RabbitMQ takes it as
+/// "all defaults"); anything else that is not an object is 400 `not_json`, as there.
+pub(crate) fn object_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Null) => Ok(serde_json::json!({})),
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        _ => Err(bad_request("not_json")),
+    }
 }
 
 /// Whether the query string sets `key=true` (`?if-unused=true`).
@@ -222,15 +274,6 @@ pub(crate) fn query_flag(query: Option<&str>, key: &str) -> bool {
 
 /// The node name reported in `node` fields (RabbitMQ's `rabbit@host`).
 pub(crate) const NODE: &str = "amqp-broker@localhost";
-
-/// A request body as JSON: an empty body is `null` (RabbitMQ takes it as "all defaults"),
-/// anything else that is not JSON is 400.
-pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_slice(body).map_err(|e| bad_request(format_args!("invalid JSON: {e}")))
-}
 
 /// An error answer in RabbitMQ's shape: `{"error": "not_found", "reason": "Object Not Found"}`.
 pub(crate) fn error(status: StatusCode, error: &str, reason: &str) -> Response {

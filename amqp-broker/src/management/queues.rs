@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::exchanges::binding_json;
 use super::{
-    ApiError, AuthUser, NODE, Shared, amqp_error, bad_request, json, json_body, not_found,
-    query_flag,
+    ApiError, AuthUser, NODE, Shared, amqp_error, bad_request, json, not_found, object_body,
+    query_flag, require_keys,
 };
 use crate::dead_letter::Reason;
 use crate::queue::Queue;
@@ -128,18 +128,8 @@ pub(super) fn flag(body: &Value, key: &str, default: bool) -> Result<bool, ApiEr
     }
 }
 
-/// A request body that must be a JSON object (or empty).
-pub(super) fn object_body(body: &[u8]) -> Result<Value, ApiError> {
-    let v = json_body(body)?;
-    match v {
-        Value::Null => Ok(json!({})),
-        Value::Object(_) => Ok(v),
-        _ => Err(bad_request("the body must be a JSON object")),
-    }
-}
-
 /// `PUT /api/queues/{vhost}/{name}` with `{"durable", "auto_delete", "arguments"}` (all
-/// optional; `durable` defaults to true as in RabbitMQ's API): 201 when created, 204 when an
+/// optional, defaulting as in `queue.declare`: not durable): 201 when created, 204 when an
 /// equivalent queue exists, 400 when it is not equivalent.
 async fn declare(
     State(shared): State<Arc<Shared>>,
@@ -150,7 +140,7 @@ async fn declare(
     let vhost = shared.vhost_for(&user, &vhost)?;
     let body = object_body(&body)?;
     let flags = QueueFlags {
-        durable: flag(&body, "durable", true)?,
+        durable: flag(&body, "durable", false)?,
         exclusive: false,
         auto_delete: flag(&body, "auto_delete", false)?,
     };
@@ -225,23 +215,29 @@ async fn get_messages(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let (vhost, q) = find(&shared, &user, &vhost, &name)?;
     let body = object_body(&body)?;
-    let count = match body.get("count") {
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| bad_request("count must be a non-negative integer"))?,
-        None => return Err(bad_request("count not found")),
-    };
-    let mode = match body.get("ackmode").and_then(Value::as_str) {
+    require_keys(&body, &["ackmode", "count", "encoding"])?;
+    let count = body["count"]
+        .as_u64()
+        .ok_or_else(|| bad_request("count must be a non-negative integer"))?;
+    let mode = match body["ackmode"].as_str() {
         Some("ack_requeue_true" | "reject_requeue_true") => AckMode::Requeue,
         Some("ack_requeue_false") => AckMode::Ack,
         Some("reject_requeue_false") => AckMode::Reject,
-        Some(other) => return Err(bad_request(format_args!("unknown ackmode '{other}'"))),
-        None => return Err(bad_request("ackmode not found")),
+        _ => {
+            return Err(bad_request(format_args!(
+                "unknown ackmode {}",
+                body["ackmode"]
+            )));
+        }
     };
-    let base64_always = match body.get("encoding").and_then(Value::as_str) {
-        None | Some("auto") => false,
+    let base64_always = match body["encoding"].as_str() {
+        Some("auto") => false,
         Some("base64") => true,
-        Some(other) => return Err(bad_request(format_args!("unknown encoding '{other}'"))),
+        _ => {
+            return Err(bad_request(
+                "Unsupported encoding. Please use auto or base64.",
+            ));
+        }
     };
     let truncate = match body.get("truncate") {
         None | Some(Value::Null) => None,

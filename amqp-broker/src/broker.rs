@@ -196,6 +196,8 @@ impl BrokerBuilder {
                     vhost: vhost.clone(),
                     registry: registry.clone(),
                     amqp_addr: local_addr,
+                    management_addr: addr,
+                    rates: Default::default(),
                 });
                 tokio::spawn(management::serve(listener, shared, shutdown_tx.subscribe()));
                 tracing::info!(%addr, "management API listening");

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use amq_protocol::protocol::{
     AMQPClass, BasicProperties, basic, channel, confirm, exchange, queue, tx,
@@ -21,6 +22,7 @@ use crate::error::{AmqpError, AmqpResult, reply};
 use crate::exchange::{Destination, routing_keys};
 use crate::message::{Credit, Message, QueuedMessage};
 use crate::queue::{ConnId, Consumer, Delivery, Enqueued, Outbox, Queue};
+use crate::registry::{ChannelView, ChannelViews};
 use crate::vhost::{ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
 
 /// What the channel handlers need from their connection.
@@ -40,6 +42,8 @@ pub(crate) struct ConnIo<'a> {
     pub frame_max: u32,
     /// The authenticated user.
     pub user: &'a str,
+    /// Where channels list themselves for the management API.
+    pub channel_views: &'a ChannelViews,
 }
 
 /// A message being received: `basic.publish`, then a content header, then body frames.
@@ -142,10 +146,16 @@ pub(crate) struct Channel {
     reply_address: Option<String>,
     /// The last queue declared here: an empty queue name in later methods means this one.
     last_queue: Option<ShortString>,
+    /// What the management API shows of this channel (updated on qos and confirm.select).
+    view: Arc<ChannelView>,
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    /// A channel that just opened, listed in `views`.
+    pub fn new(id: u16, views: &ChannelViews) -> Self {
+        let channel_credit = Arc::new(Credit::new(0));
+        let view = ChannelView::new(id, channel_credit.clone());
+        views.opened(&view);
         Self {
             id,
             epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
@@ -155,11 +165,12 @@ impl Channel {
             unacked: BTreeMap::new(),
             next_delivery_tag: 1,
             consumer_prefetch: 0,
-            channel_credit: Arc::new(Credit::new(0)),
+            channel_credit,
             confirms: None,
             tx: None,
             reply_address: None,
             last_queue: None,
+            view,
         }
     }
 
@@ -183,6 +194,7 @@ impl Channel {
                     ));
                 }
                 self.confirms.get_or_insert(0);
+                self.view.set_confirm();
                 if !m.nowait {
                     self.reply(
                         io,
@@ -510,6 +522,7 @@ impl Channel {
                     self.channel_credit.set_limit(q.prefetch_count);
                 } else {
                     self.consumer_prefetch = q.prefetch_count;
+                    self.view.set_consumer_prefetch(q.prefetch_count);
                 }
                 self.reply(io, AMQPClass::Basic(M::QosOk(basic::QosOk {})));
                 self.dispatch_all();
@@ -682,6 +695,7 @@ impl Channel {
             return Ok(());
         };
         let delivery_tag = self.next_tag();
+        q.counters.delivered(entry.redelivered);
         let ok = basic::GetOk {
             delivery_tag,
             redelivered: entry.redelivered,
@@ -734,6 +748,9 @@ impl Channel {
             routing_key: d.entry.msg.routing_key.clone(),
         };
         self.reply(io, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        if let Some(q) = &d.queue {
+            q.counters.delivered(d.entry.redelivered);
+        }
         let counted = d.queue.as_ref().and_then(|q| q.properties_for(&d.entry));
         io.out.content(
             self.id,
@@ -798,9 +815,11 @@ impl Channel {
             reject => {
                 // Acked, or rejected without requeue (dead-lettered if the queue says so).
                 for u in &settled {
-                    if reject == Some(false) {
-                        io.vhost
-                            .dead_letter(&u.queue, &u.entry.msg, Reason::Rejected);
+                    match reject {
+                        None => u.queue.counters.acked.inc(),
+                        Some(_) => io
+                            .vhost
+                            .dead_letter(&u.queue, &u.entry.msg, Reason::Rejected),
                     }
                     u.queue.settle(&u.entry);
                     if let Some(c) = &u.consumer {
@@ -879,6 +898,8 @@ impl Channel {
             };
             properties = properties.with_reply_to(short(address.clone()));
         }
+        // The confirm latency counts from here: the message is complete.
+        let published_at = self.confirms.map(|_| Instant::now());
         let routed_by = RoutedBy {
             keys: routing_keys(p.routing_key.as_str(), properties.headers().as_ref()),
             headers: properties.headers().clone(),
@@ -898,7 +919,7 @@ impl Channel {
             return Ok(());
         }
         let outcome = self.route_and_enqueue(io, &p, &routed_by, msg)?;
-        let Some(seq) = &mut self.confirms else {
+        let (Some(seq), Some(published_at)) = (&mut self.confirms, published_at) else {
             if outcome.store_failed {
                 return Err(store_refuses(io).on(60, 40));
             }
@@ -917,21 +938,29 @@ impl Channel {
                         epoch,
                         delivery_tag,
                         ack: accepted && synced.is_ok(),
+                        published_at,
                     });
                 }));
             }
-            _ => self.write_confirm(io, delivery_tag, accepted),
+            _ => self.write_confirm(io, delivery_tag, accepted, published_at),
         }
         Ok(())
     }
 
     /// A confirm that waited for the store.
-    pub fn confirmed(&mut self, io: &mut ConnIo<'_>, epoch: u64, delivery_tag: u64, ack: bool) {
+    pub fn confirmed(
+        &mut self,
+        io: &mut ConnIo<'_>,
+        epoch: u64,
+        delivery_tag: u64,
+        ack: bool,
+        published_at: Instant,
+    ) {
         if epoch != self.epoch {
             return;
         }
         self.pending_confirms = self.pending_confirms.saturating_sub(1);
-        self.write_confirm(io, delivery_tag, ack);
+        self.write_confirm(io, delivery_tag, ack, published_at);
     }
 
     /// A `tx.commit` that waited for the store.
@@ -954,7 +983,14 @@ impl Channel {
         Ok(())
     }
 
-    fn write_confirm(&mut self, io: &mut ConnIo<'_>, delivery_tag: u64, accepted: bool) {
+    /// Writes `basic.ack` (or `nack`) for a publish completed at `published_at`.
+    fn write_confirm(
+        &mut self,
+        io: &mut ConnIo<'_>,
+        delivery_tag: u64,
+        accepted: bool,
+        published_at: Instant,
+    ) {
         {
             let multiple = false;
             let confirm = if accepted {
@@ -971,6 +1007,10 @@ impl Channel {
             };
             io.out.method(self.id, &AMQPClass::Basic(confirm));
         }
+        io.vhost
+            .metrics
+            .confirm_latency
+            .observe(published_at.elapsed());
     }
 
     /// Routes a message and hands it to its queues; an unroutable mandatory message goes back to
@@ -1120,6 +1160,7 @@ impl Channel {
     /// Releases everything the channel holds: consumers are cancelled and unacked deliveries go
     /// back to their queues. Called when the channel or its connection closes, for any reason.
     pub fn close(&mut self, io: &mut ConnIo<'_>) {
+        io.vhost.metrics.channels_closed.inc();
         let tags: Vec<ShortString> = self.consumers.keys().cloned().collect();
         let queues: Vec<Arc<Queue>> = tags.iter().filter_map(|t| self.cancel(io, t)).collect();
         self.content = Content::Idle;

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::broker::Signal;
@@ -28,7 +28,7 @@ use crate::error::AmqpError;
 use crate::id_hash::ChannelMap;
 use crate::memory::BLOCKED_REASON;
 use crate::queue::{ConnId, Outbound, Outbox};
-use crate::registry::{ConnectionInfo, Registry};
+use crate::registry::{ChannelViews, CloseRequest, ConnectionDetails, ConnectionInfo, Registry};
 use crate::vhost::Vhost;
 
 /// Everything a connection needs from the broker.
@@ -52,6 +52,7 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// Serves one client until it leaves, misbehaves, or the broker shuts down.
 pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
     let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().ok();
     let (rd, wr) = socket.into_split();
     let (write_tx, write_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(wr, write_rx));
@@ -77,7 +78,16 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 user: tuned.user.clone(),
                 heartbeat_secs: tuned.heartbeat_secs,
             };
-            let registration = ctx.registry.register(info);
+            let details = ConnectionDetails {
+                local,
+                vhost: ctx.vhost.name.clone(),
+                client_properties: tuned.client_properties.clone(),
+                connected_at: std::time::SystemTime::now(),
+                frame_max: tuned.frame_max,
+                channel_max: tuned.channel_max,
+            };
+            let registration = ctx.registry.register(info, details);
+            let _open = ctx.vhost.metrics.connection_opened();
             let (outbox, inbox) = mpsc::unbounded_channel();
             let alarm = ctx.vhost.memory.subscribe();
             let mut conn = Conn {
@@ -93,6 +103,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 closing_channels: HashSet::new(),
                 closing: None,
                 write_tx: write_tx.clone(),
+                channel_views: registration.channels.clone(),
             };
             conn.run(&mut reader, inbox, &registration.close).await;
             conn.release_all();
@@ -187,6 +198,8 @@ struct Tuned {
     user: String,
     /// The client's `connection_name`, if it gave one.
     name: Option<String>,
+    /// Everything the client said about itself (shown by the management API).
+    client_properties: FieldTable,
 }
 
 /// Protocol header, start/start-ok (authentication), tune/tune-ok, open/open-ok.
@@ -293,6 +306,7 @@ async fn handshake(
             Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
             _ => None,
         },
+        client_properties: start_ok.client_properties.clone(),
     };
 
     let open = match next_frame(reader, tuned.frame_max).await {
@@ -451,6 +465,8 @@ struct Conn {
     publisher: bool,
     /// `connection.blocked` was sent and `unblocked` is owed.
     blocked_sent: bool,
+    /// Where its channels list themselves for the management API.
+    channel_views: Arc<ChannelViews>,
 }
 
 /// Whether the connection goes on after a frame.
@@ -471,7 +487,7 @@ impl Conn {
         &mut self,
         reader: &mut Reader,
         mut inbox: mpsc::UnboundedReceiver<Outbound>,
-        close_requested: &Notify,
+        close_requested: &CloseRequest,
     ) {
         let heartbeat = Duration::from_secs(u64::from(self.tuned.heartbeat_secs));
         // Heartbeats go out twice per interval, as RabbitMQ sends them, so a client never waits a
@@ -489,7 +505,7 @@ impl Conn {
         // Made once, not per loop turn: creating and dropping a `Notified` each time was about 3 %
         // of the broker's instructions under load (callgrind). `notify_one` leaves a permit, so
         // a request made while this connection is busy is still seen.
-        let close_requested = close_requested.notified();
+        let close_requested = close_requested.requested();
         tokio::pin!(close_requested);
         if seen_signal == Signal::Shutdown {
             return;
@@ -567,8 +583,8 @@ impl Conn {
                         ));
                     }
                 }
-                _ = &mut close_requested, if self.closing.is_none() => {
-                    self.connection_error(AmqpError::connection_forced("Closed via management plugin"));
+                reason = &mut close_requested, if self.closing.is_none() => {
+                    self.connection_error(AmqpError::connection_forced(reason));
                 }
                 _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => return,
             }
@@ -623,6 +639,7 @@ impl Conn {
                 outbox: &self.outbox,
                 frame_max: self.tuned.frame_max,
                 user: &self.tuned.user,
+                channel_views: &self.channel_views,
             },
             &mut self.channels,
             &mut self.closing_channels,
@@ -740,7 +757,8 @@ impl Conn {
                             "number of channels opened ({open}) has reached the negotiated channel_max ({channel_max})"
                         )));
                     }
-                    channels.insert(id, Channel::new(id));
+                    channels.insert(id, Channel::new(id, io.channel_views));
+                    io.vhost.metrics.channels_opened.inc();
                     io.out.method(
                         id,
                         &AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -827,9 +845,10 @@ impl Conn {
                 epoch,
                 delivery_tag,
                 ack,
+                published_at,
             } => {
                 if let Some(ch) = channels.get_mut(&channel) {
-                    ch.confirmed(&mut io, epoch, delivery_tag, ack);
+                    ch.confirmed(&mut io, epoch, delivery_tag, ack, published_at);
                 }
             }
             Outbound::Committed {

@@ -44,6 +44,7 @@ mod id_hash;
 mod management;
 mod memory;
 mod message;
+mod metrics;
 mod queue;
 mod registry;
 mod store;

@@ -1,16 +1,22 @@
-//! `amqp-broker`: the bundled AMQP 0-9-1 broker as a foreground process.
+//! `amqp-broker`: the bundled AMQP 0-9-1 broker as a foreground process, and `amqp-broker ctl`
+//! to inspect and manage a running one through its management API.
+
+mod ctl;
 
 use std::net::IpAddr;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use amqp_broker::{Broker, Config, User};
 
 /// A lightweight AMQP 0-9-1 broker that speaks to unmodified RabbitMQ clients.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    /// Without a command, the broker runs.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// AMQP port (0 picks a free one and logs it).
     #[arg(long, default_value_t = 5672)]
     port: u16,
@@ -58,6 +64,12 @@ struct Args {
     no_management: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lists and manages a running broker through its management API (rabbitmqctl's verbs).
+    Ctl(ctl::Ctl),
+}
+
 fn parse_user(s: &str) -> Result<User, String> {
     match s.split_once(':') {
         Some((name, password)) if !name.is_empty() => Ok(User::new(name, password)),
@@ -67,13 +79,21 @@ fn parse_user(s: &str) -> Result<User, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Ctl(ctl)) = args.command {
+        // One line with the causes, as rabbitmqctl reports, and a failing exit status.
+        if let Err(e) = ctl.run().await {
+            eprintln!("Error: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
     let mut config = Config {
         bind: args.bind,
         port: args.port,

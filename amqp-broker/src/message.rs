@@ -101,6 +101,16 @@ impl Credit {
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
     }
+
+    /// The window size (0: unlimited), for the management API.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Units taken now (deliveries unacknowledged under this window), for the management API.
+    pub fn used(&self) -> u32 {
+        self.used.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::dead_letter::Reason;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Credit, Message, QueuedMessage};
+use crate::metrics::{QueueCounters, QueueStats};
 use crate::store::{QueueStore, RecoveredMessage};
 use crate::vhost::Vhost;
 
@@ -49,6 +50,8 @@ pub(crate) enum Outbound {
         epoch: u64,
         delivery_tag: u64,
         ack: bool,
+        /// When the publish completed (for the confirm latency).
+        published_at: std::time::Instant,
     },
     /// A `tx.commit` waited for the store: send `commit-ok`, or close the channel with the reason.
     Committed {
@@ -146,6 +149,8 @@ pub(crate) struct Queue {
     vhost: Weak<Vhost>,
     /// Wakes the timer task when the next deadline moves earlier (or the queue is deleted).
     wake: Arc<Notify>,
+    /// What happened to its messages (atomics, counted without the lock; see [`Queue::stats`]).
+    pub counters: QueueCounters,
     state: Mutex<State>,
 }
 
@@ -173,6 +178,8 @@ struct State {
     consumers: Vec<Arc<Consumer>>,
     /// Deliveries out with a consumer and not yet settled.
     unacked: usize,
+    /// Their bodies' bytes.
+    unacked_bytes: u64,
     /// Whether any consumer ever subscribed (auto-delete waits for the first).
     had_consumer: bool,
     /// Set once deleted: late publishes and requeues are dropped, as in RabbitMQ.
@@ -188,6 +195,21 @@ struct State {
     timer_at: Option<Instant>,
 }
 
+/// How much a queue holds now (the gauges of `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Depth {
+    /// Messages waiting for a consumer.
+    pub ready: u64,
+    /// Their bodies' bytes (those kept on disk only included).
+    pub ready_bytes: u64,
+    /// Deliveries not yet acknowledged.
+    pub unacked: u64,
+    /// Their bodies' bytes.
+    pub unacked_bytes: u64,
+    /// Consumers subscribed.
+    pub consumers: u64,
+}
+
 /// Counts reported by `queue.declare-ok`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Counts {
@@ -195,6 +217,19 @@ pub(crate) struct Counts {
     pub messages: u32,
     /// Consumers.
     pub consumers: u32,
+}
+
+/// A queue's state at one moment, for the management API.
+#[derive(Debug)]
+pub(crate) struct QueueSnapshot {
+    /// Messages ready for delivery.
+    pub ready: usize,
+    /// Their body bytes.
+    pub ready_bytes: u64,
+    /// Deliveries out with consumers (or `basic.get`) and not yet settled.
+    pub unacked: usize,
+    /// Its consumers.
+    pub consumers: Vec<Arc<Consumer>>,
 }
 
 impl Queue {
@@ -218,6 +253,7 @@ impl Queue {
             next_seq: 0,
             consumers: Vec::new(),
             unacked: 0,
+            unacked_bytes: 0,
             had_consumer: false,
             deleted: false,
             dead: Vec::new(),
@@ -235,6 +271,7 @@ impl Queue {
             store,
             vhost,
             wake: Arc::new(Notify::new()),
+            counters: QueueCounters::default(),
             state: Mutex::new(state),
         });
         // Starts the timer if `x-expires` already counts.
@@ -415,6 +452,34 @@ impl Queue {
         }
     }
 
+    /// What happened to its messages since it was declared (in this run of the broker).
+    pub fn stats(&self) -> QueueStats {
+        self.counters.stats()
+    }
+
+    /// What it holds now.
+    pub fn depth(&self) -> Depth {
+        let st = self.state.lock();
+        Depth {
+            ready: st.ready.len() as u64,
+            ready_bytes: st.ready.bytes(),
+            unacked: st.unacked as u64,
+            unacked_bytes: st.unacked_bytes,
+            consumers: st.consumers.len() as u64,
+        }
+    }
+
+    /// What the management API shows of the queue, read under its lock once.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let st = self.state.lock();
+        QueueSnapshot {
+            ready: st.ready.len(),
+            ready_bytes: st.ready.bytes(),
+            unacked: st.unacked,
+            consumers: st.consumers.clone(),
+        }
+    }
+
     /// Whether one more message of `bytes` would go over a limit.
     fn over_limit(&self, st: &State, extra: usize, bytes: u64) -> bool {
         self.policy
@@ -469,6 +534,7 @@ impl Queue {
                 delivery_count: 0,
             };
             st.ready.push_back(entry, store.is_some());
+            self.counters.published.inc();
             self.dispatch_locked(st, now);
             // drop-head: make room by dropping (dead-lettering) the oldest, as RabbitMQ does
             // (with a limit of 0 or a message larger than the byte limit, that is the new one).
@@ -514,7 +580,7 @@ impl Queue {
                 st.consumers[i..end].rotate_left(1);
             }
             if !consumer.no_ack {
-                st.unacked += 1;
+                st.out_with_consumer(&entry);
                 self.log_delivered(&entry);
             }
             let delivery = Delivery {
@@ -528,7 +594,7 @@ impl Queue {
                 // The connection is gone; it will remove its consumers. Keep the message.
                 consumer.release();
                 if !consumer.no_ack {
-                    st.unacked -= 1;
+                    st.back_from_consumer(&d.entry);
                 }
                 st.ready.insert_in_order(d.entry);
                 st.consumers.retain(|c| !Arc::ptr_eq(c, &consumer));
@@ -558,7 +624,7 @@ impl Queue {
             if no_ack {
                 self.log_settled(&entry);
             } else {
-                st.unacked += 1;
+                st.out_with_consumer(&entry);
                 self.log_delivered(&entry);
             }
             Some((entry, count(st.ready.len())))
@@ -568,7 +634,7 @@ impl Queue {
     /// A delivery was acknowledged (or rejected without requeue): it is gone for good.
     pub fn settle(&self, entry: &QueuedMessage) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(1);
+        st.back_from_consumer(entry);
         self.log_settled(entry);
     }
 
@@ -585,7 +651,9 @@ impl Queue {
     pub fn requeue(self: &Arc<Self>, entries: Vec<QueuedMessage>, was_unacked: bool) {
         self.with_state(|st| {
             if was_unacked {
-                st.unacked = st.unacked.saturating_sub(entries.len());
+                for entry in &entries {
+                    st.back_from_consumer(entry);
+                }
             }
             if st.deleted {
                 return;
@@ -612,7 +680,7 @@ impl Queue {
     pub fn return_undelivered(self: &Arc<Self>, entry: QueuedMessage, was_unacked: bool) {
         self.with_state(|st| {
             if was_unacked {
-                st.unacked = st.unacked.saturating_sub(1);
+                st.back_from_consumer(&entry);
             }
             if st.deleted {
                 return;
@@ -717,6 +785,22 @@ impl Queue {
         }
         self.wake.notify_one();
         n
+    }
+}
+
+impl State {
+    /// A delivery went out and waits for its ack.
+    fn out_with_consumer(&mut self, entry: &QueuedMessage) {
+        self.unacked += 1;
+        self.unacked_bytes += entry.msg.body.len() as u64;
+    }
+
+    /// A delivery was settled or came back.
+    fn back_from_consumer(&mut self, entry: &QueuedMessage) {
+        self.unacked = self.unacked.saturating_sub(1);
+        self.unacked_bytes = self
+            .unacked_bytes
+            .saturating_sub(entry.msg.body.len() as u64);
     }
 }
 

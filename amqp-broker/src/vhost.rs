@@ -18,7 +18,8 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, routing_keys};
 use crate::memory::MemoryMonitor;
 use crate::message::Message;
-use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Policy, Queue};
+use crate::metrics::{QueueStats, VhostMetrics};
+use crate::queue::{ConnId, Consumer, Counts, DeclareFlags, Enqueued, Policy, Queue};
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef};
 use crate::store::{
     DELAYED_LOG, Definitions, QueueStore, Recovered, RecoveredQueue, Store, format,
@@ -91,6 +92,8 @@ pub(crate) struct Vhost {
     pub(crate) delayed: Delayed,
     /// Counts the bodies of messages held (flow control); every accepted body goes through it.
     pub(crate) memory: Arc<MemoryMonitor>,
+    /// Connections, channels and confirm latency, for `/metrics`.
+    pub(crate) metrics: Arc<VhostMetrics>,
     /// This vhost, for the queues' and the delay timer's tasks (which must not keep it alive).
     me: Weak<Vhost>,
 }
@@ -99,6 +102,33 @@ pub(crate) struct Vhost {
 struct Topology {
     exchanges: HashMap<ShortString, Exchange>,
     queues: HashMap<ShortString, Arc<Queue>>,
+    /// The counters of deleted queues, so that the vhost's totals never go down.
+    deleted_queue_stats: QueueStats,
+}
+
+/// What became of a message the operator published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// At least one queue (or a delayed exchange) took it.
+    Routed,
+    /// No queue was bound to take it.
+    Unroutable,
+    /// A queue refused it (a length limit with `reject-publish`, or the store failing): a
+    /// publisher with confirms would get a nack.
+    Refused,
+}
+
+/// An exchange and its bindings at one moment, for the management API.
+#[derive(Debug)]
+pub(crate) struct ExchangeSnapshot {
+    pub name: String,
+    pub kind: &'static str,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    /// Bindings with this exchange as the source, in the order made.
+    pub bindings: Vec<Binding>,
 }
 
 /// Where a published message goes.
@@ -140,6 +170,7 @@ impl Vhost {
             store,
             delayed: Delayed::default(),
             memory,
+            metrics: Arc::default(),
             me: me.clone(),
         })
     }
@@ -241,6 +272,24 @@ impl Vhost {
     /// Number of queues.
     pub fn queue_count(&self) -> usize {
         self.topology.read().queues.len()
+    }
+
+    /// Every queue, in name order.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.topology.read().queues.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// What happened to the messages of every queue this vhost has had (deleted ones
+    /// included, up to their deletion), in this run of the broker.
+    pub fn stats(&self) -> QueueStats {
+        let topo = self.topology.read();
+        let mut total = topo.deleted_queue_stats;
+        for q in topo.queues.values() {
+            total += q.stats();
+        }
+        total
     }
 
     // ----- exchanges -----
@@ -477,6 +526,7 @@ impl Vhost {
         let Some(exchange) = queue.policy.dead_letter_exchange.clone() else {
             return;
         };
+        queue.counters.dead_lettered.inc();
         let routing_key = queue
             .policy
             .dead_letter_routing_key
@@ -637,6 +687,90 @@ impl Vhost {
         }
     }
 
+    // ----- for the management API -----
+
+    /// The queue named `name`, whoever owns it (the management API acts for the operator, not
+    /// for a connection).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.topology.read().queues.get(name).cloned()
+    }
+
+    /// Every exchange with its bindings, by name.
+    pub fn exchanges(&self) -> Vec<ExchangeSnapshot> {
+        let topo = self.topology.read();
+        let mut all: Vec<_> = topo
+            .exchanges
+            .values()
+            .map(|x| ExchangeSnapshot {
+                name: x.name.to_string(),
+                kind: x.kind.as_str(),
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+                bindings: x.bindings().to_vec(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Deletes a queue for the operator (whoever owns it) after checking `if-unused` /
+    /// `if-empty`; `None` when there is no such queue.
+    pub fn delete_queue_by_operator(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<Option<u32>> {
+        let mut topo = self.topology.write();
+        let Some(q) = topo.queues.get(name).cloned() else {
+            return Ok(None);
+        };
+        q.check_delete(if_unused, if_empty, &self.name)?;
+        let n = topo.remove_queue(&q.name);
+        self.save(&topo)?;
+        Ok(Some(n))
+    }
+
+    /// Publishes a message the operator sent (the management API's publish), routed as
+    /// `basic.publish` routes it. Its body is counted for flow control like any other; the
+    /// answer does not wait for the store's sync.
+    pub fn publish_by_operator(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        properties: amq_protocol::protocol::BasicProperties,
+        body: bytes::Bytes,
+    ) -> AmqpResult<Published> {
+        let headers = properties.headers().clone();
+        let keys = routing_keys(routing_key.as_str(), headers.as_ref());
+        let msg = Arc::new(Message {
+            exchange: exchange.clone(),
+            routing_key: routing_key.clone(),
+            properties,
+            body: self.memory.track(body),
+        });
+        if let Some(delay) = self.delay_for(exchange, headers.as_ref()) {
+            return Ok(match self.schedule_delayed(&keys, &msg, delay) {
+                Ok(_) => Published::Routed,
+                Err(_) => Published::Refused,
+            });
+        }
+        let route = self.route(exchange, &keys, headers.as_ref())?;
+        let mut outcome = Published::Unroutable;
+        for q in &route.queues {
+            match q.publish(msg.clone()) {
+                Enqueued::Accepted if outcome == Published::Unroutable => {
+                    outcome = Published::Routed;
+                }
+                Enqueued::Rejected | Enqueued::StoreFailed => outcome = Published::Refused,
+                Enqueued::Accepted | Enqueued::Gone => {}
+            }
+        }
+        Ok(outcome)
+    }
+
     // ----- direct reply-to -----
 
     /// Registers a direct reply-to consumer under a fresh address and returns the address.
@@ -788,7 +922,9 @@ impl Topology {
             return 0;
         };
         self.unbind_everywhere(&Destination::Queue(name.clone()));
-        q.delete()
+        let messages = q.delete();
+        self.deleted_queue_stats += q.stats();
+        messages
     }
 
     fn unbind_everywhere(&mut self, destination: &Destination) {

@@ -18,8 +18,6 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-ready_secs=${READY_SECS:-20}
-stop_secs=${STOP_SECS:-10}
 suite=${1:-}
 
 log() { printf '[run-interop %s] %s\n' "$suite" "$*" >&2; }
@@ -127,19 +125,8 @@ if [[ $# -eq 1 ]]; then
 fi
 
 # --- the bundled broker ---------------------------------------------------------------------------
-broker_pid=""
-workdir=$(mktemp -d "${TMPDIR:-/tmp}/run-interop.XXXXXX")
-broker_log="$workdir/broker.stderr"
-
-# shellcheck disable=SC2317 # called from the EXIT trap
-show_broker_log() {
-    if [[ -s $broker_log ]]; then
-        log "broker stderr (last 50 lines of $broker_log):"
-        tail -n 50 "$broker_log" | sed 's/^/    /' >&2
-    else
-        log "broker stderr: (empty)"
-    fi
-}
+# shellcheck source=tests/bundled-broker.sh
+source "$root/tests/bundled-broker.sh"
 
 # Always runs: whatever happened, the broker must not outlive this script.
 # shellcheck disable=SC2317 # called from the EXIT trap
@@ -147,91 +134,19 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     stop_checks
-    if [[ -n $broker_pid ]] && kill -0 "$broker_pid" 2>/dev/null; then
-        log "stopping broker (pid $broker_pid)"
-        kill -TERM "$broker_pid" 2>/dev/null || true
-        for _ in $(seq 1 $((stop_secs * 10))); do
-            kill -0 "$broker_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-    fi
-    if [[ $status -ne 0 ]]; then
-        show_broker_log
-    fi
-    rm -rf "$workdir"
+    broker_cleanup "$status"
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [[ -n ${BROKER_BIN:-} ]]; then
-    broker_bin=$BROKER_BIN
-    log "using BROKER_BIN=$broker_bin (not building)"
-else
-    log "building the broker: cargo build -p amqp-broker --bin amqp-broker"
-    (cd "$root" && cargo build -p amqp-broker --bin amqp-broker) || die "cargo build failed"
-    target_dir=${CARGO_TARGET_DIR:-$root/target}
-    [[ $target_dir == /* ]] || target_dir="$root/$target_dir"
-    broker_bin="$target_dir/debug/amqp-broker"
-fi
-[[ -x $broker_bin ]] || die "no broker binary at $broker_bin"
-
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-data_dir="$workdir/data"
-log "starting $broker_bin --port $port --management-port 0 --data-dir $data_dir"
-NO_COLOR=1 "$broker_bin" --port "$port" --management-port 0 --data-dir "$data_dir" 2>"$broker_log" &
-broker_pid=$!
-
-port_open() {
-    # A bare TCP connect (no AMQP), closed at once when the subshell exits.
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-}
-
-deadline=$((SECONDS + ready_secs))
-until port_open; do
-    if ! kill -0 "$broker_pid" 2>/dev/null; then
-        rc=0
-        wait "$broker_pid" || rc=$?
-        broker_pid=""
-        die "the broker exited (status $rc) before accepting on 127.0.0.1:$port"
-    fi
-    if ((SECONDS >= deadline)); then
-        die "the broker did not accept on 127.0.0.1:$port within ${ready_secs}s"
-    fi
-    sleep 0.1
-done
-log "broker accepts on 127.0.0.1:$port (pid $broker_pid)"
+broker_build
+read -r port < <(free_ports 1)
+broker_start --port "$port" --management-port 0
+broker_wait_port "$port"
 
 status=0
 run_checks "amqp://guest:guest@127.0.0.1:$port/%2f" || status=$?
-
-log "sending SIGTERM to the broker (pid $broker_pid)"
-kill -TERM "$broker_pid" 2>/dev/null || true
-stopped=false
-for _ in $(seq 1 $((stop_secs * 10))); do
-    if ! kill -0 "$broker_pid" 2>/dev/null; then
-        stopped=true
-        break
-    fi
-    sleep 0.1
-done
-if ! $stopped; then
-    log "error: the broker did not exit within ${stop_secs}s of SIGTERM; killing it"
-    kill -KILL "$broker_pid" 2>/dev/null || true
-    wait "$broker_pid" 2>/dev/null || true
-    broker_pid=""
-    exit 1
-fi
-broker_status=0
-wait "$broker_pid" || broker_status=$?
-broker_pid=""
-if [[ $broker_status -ne 0 ]]; then
-    log "error: the broker exited with status $broker_status after SIGTERM (expected 0)"
-    [[ $status -ne 0 ]] || status=1
-else
-    log "broker exited cleanly after SIGTERM"
-fi
+broker_stop || [[ $status -ne 0 ]] || status=1
 exit "$status"

@@ -1,4 +1,5 @@
-//! The overview and the objects: `/api/overview`, ... (RabbitMQ's JSON field names).
+//! The overview and the vhosts: `/api/overview`, `/api/whoami`, `GET /api/vhosts`
+//! (RabbitMQ's JSON field names).
 
 use std::sync::Arc;
 
@@ -8,28 +9,96 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::{AuthUser, Shared};
+use super::{AuthUser, NODE, Shared};
+use crate::metrics::QueueStats;
+use crate::vhost::Vhost;
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
+        .route("/api/vhosts", get(vhosts))
 }
 
-/// `GET /api/overview`: who this is, what it listens on, and object totals.
-async fn overview(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let queues: usize = shared.vhosts().iter().map(|v| v.queue_count()).sum();
+/// Ready and unacknowledged messages of a vhost's queues.
+#[derive(Default)]
+struct Totals {
+    ready: usize,
+    unacked: usize,
+    consumers: usize,
+    queues: usize,
+}
+
+impl Totals {
+    fn of(vhost: &Vhost) -> Self {
+        let mut t = Totals::default();
+        for q in vhost.queues() {
+            let s = q.snapshot();
+            t.ready += s.ready;
+            t.unacked += s.unacked;
+            t.consumers += s.consumers.len();
+            t.queues += 1;
+        }
+        t
+    }
+
+    fn add(&mut self, other: &Totals) {
+        self.ready += other.ready;
+        self.unacked += other.unacked;
+        self.consumers += other.consumers;
+        self.queues += other.queues;
+    }
+}
+
+/// `GET /api/overview`: who this is, what it listens on, object and message totals (over the
+/// vhosts the user may see). Its `message_stats` count messages as the queues saw them (a
+/// message routed to two queues is published twice), deleted queues included.
+async fn overview(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+) -> Json<Value> {
+    let vhosts = shared.vhosts_for(&user);
+    let mut totals = Totals::default();
+    let mut exchanges = 0;
+    let mut stats = QueueStats::default();
+    for v in &vhosts {
+        totals.add(&Totals::of(v));
+        exchanges += v.exchanges().len();
+        stats += v.stats();
+    }
+    // The user's own key: what it may see, and so its totals, differ from another user's.
+    let message_stats = shared
+        .rates
+        .message_stats(&format!("overview:{}", user.name), stats);
+    let connections: Vec<_> = shared
+        .registry
+        .snapshot()
+        .into_iter()
+        .filter(|c| shared.may_access(&user, &c.details.vhost))
+        .collect();
+    let channels: usize = connections.iter().map(|c| c.channels.len()).sum();
     Json(json!({
         "product_name": "amqp-broker",
         "product_version": env!("CARGO_PKG_VERSION"),
         "management_version": env!("CARGO_PKG_VERSION"),
-        "node": "amqp-broker@localhost",
+        "node": NODE,
+        "cluster_name": NODE,
         "listeners": [
-            { "protocol": "amqp", "port": shared.amqp_addr.port(), "ip_address": shared.amqp_addr.ip().to_string() },
+            { "node": NODE, "protocol": "amqp", "port": shared.amqp_addr.port(), "ip_address": shared.amqp_addr.ip().to_string() },
+            { "node": NODE, "protocol": "http", "port": shared.management_addr.port(), "ip_address": shared.management_addr.ip().to_string() },
         ],
         "object_totals": {
-            "connections": shared.registry.list().len(),
-            "queues": queues,
+            "connections": connections.len(),
+            "channels": channels,
+            "exchanges": exchanges,
+            "queues": totals.queues,
+            "consumers": totals.consumers,
+        },
+        "message_stats": message_stats,
+        "queue_totals": {
+            "messages": totals.ready + totals.unacked,
+            "messages_ready": totals.ready,
+            "messages_unacknowledged": totals.unacked,
         },
     }))
 }
@@ -37,4 +106,30 @@ async fn overview(State(shared): State<Arc<Shared>>) -> Json<Value> {
 /// `GET /api/whoami`: the user the request authenticated as.
 async fn whoami(Extension(user): Extension<AuthUser>) -> Json<Value> {
     Json(json!({ "name": user.name }))
+}
+
+/// `GET /api/vhosts`: the vhosts the user may see, with their message totals.
+async fn vhosts(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+) -> Json<Vec<Value>> {
+    Json(
+        shared
+            .vhosts_for(&user)
+            .iter()
+            .map(|v| {
+                let t = Totals::of(v);
+                json!({
+                    "name": v.name,
+                    "description": "",
+                    "tags": [],
+                    "tracing": false,
+                    "messages": t.ready + t.unacked,
+                    "messages_ready": t.ready,
+                    "messages_unacknowledged": t.unacked,
+                    "message_stats": shared.rates.message_stats(&format!("vhost:{}", v.name), v.stats()),
+                })
+            })
+            .collect(),
+    )
 }

@@ -1,14 +1,29 @@
 //! The management HTTP API: the commonly used subset of RabbitMQ's management plugin, on its own
 //! port, so tools and scripts written for RabbitMQ work against the bundled broker.
 //!
-//! Every route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
-//! missing or wrong `Authorization` header gets 401 with a `WWW-Authenticate` challenge).
+//! Every `/api` route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
+//! missing or wrong `Authorization` header gets 401 with a `WWW-Authenticate` challenge, but
+//! for a page's script: see [`require_user`]).
+//! `/metrics` ([`metrics`]) is public, as RabbitMQ's prometheus endpoint: scrapers carry no
+//! credentials.
 //! Answers are JSON in RabbitMQ's shapes; errors are `{"error": ..., "reason": ...}` as there.
 //!
-//! The router is assembled from one module per area: [`api`] (overview and the objects);
-//! further areas add their own `routes()` and are merged in [`router`].
+//! The router is assembled from one module per area: [`api`] (overview, vhosts), [`queues`],
+//! [`exchanges`] (exchanges, bindings, publishing) and [`connections`] (connections,
+//! channels, consumers); further areas add their own `routes()` and are merged in [`router`].
+//! [`json`] converts AMQP tables and properties to and from RabbitMQ's JSON; [`stats`] turns
+//! the message counters into `message_stats` with rates. [`dashboard`] is the web UI's page and
+//! assets, outside the auth layer (they hold no broker data; the page's script calls the API
+//! with the user's credentials).
 
 mod api;
+mod connections;
+mod dashboard;
+mod exchanges;
+mod json;
+mod metrics;
+mod queues;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::broker::Signal;
 use crate::config::Config;
+use crate::error::{AmqpError, reply};
 use crate::registry::Registry;
 use crate::vhost::Vhost;
 
@@ -35,12 +51,41 @@ pub(crate) struct Shared {
     pub registry: Arc<Registry>,
     /// The AMQP listener's address (reported in `/api/overview`'s `listeners`).
     pub amqp_addr: SocketAddr,
+    /// This API's own address (reported in `listeners` too).
+    pub management_addr: SocketAddr,
+    /// The last samples of the message counters, for `message_stats` rates.
+    pub rates: stats::Rates,
 }
 
 impl Shared {
     /// Every virtual host, in name order. (One today: `/`.)
     pub fn vhosts(&self) -> Vec<Arc<Vhost>> {
         vec![self.vhost.clone()]
+    }
+
+    /// Whether `user` may see and act on the objects of vhost `vhost`. Every route decides
+    /// through here, so the users' permissions are checked in this one place (today every
+    /// user may use every vhost).
+    pub fn may_access(&self, user: &AuthUser, vhost: &str) -> bool {
+        let _ = (user, vhost);
+        true
+    }
+
+    /// The vhosts `user` may see, in name order.
+    pub fn vhosts_for(&self, user: &AuthUser) -> Vec<Arc<Vhost>> {
+        self.vhosts()
+            .into_iter()
+            .filter(|v| self.may_access(user, &v.name))
+            .collect()
+    }
+
+    /// The vhost named `name` if `user` may use it; otherwise 404, as RabbitMQ answers for a
+    /// vhost that does not exist.
+    pub fn vhost_for(&self, user: &AuthUser, name: &str) -> Result<Arc<Vhost>, ApiError> {
+        self.vhosts_for(user)
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(not_found)
     }
 }
 
@@ -68,15 +113,27 @@ pub(crate) async fn serve(
     }
 }
 
-/// All routes, behind basic auth.
+/// The API's routes behind basic auth, and the public ones beside them (`/metrics`, the
+/// dashboard's page and assets).
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let authenticated = Router::new()
         .merge(api::routes())
-        .layer(middleware::from_fn_with_state(shared.clone(), require_user))
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(connections::routes())
+        .layer(middleware::from_fn_with_state(shared.clone(), require_user));
+    Router::new()
+        .merge(authenticated)
+        .merge(metrics::routes())
+        .merge(dashboard::routes())
         .with_state(shared)
 }
 
 /// Basic auth against the broker's users, as RabbitMQ's management plugin.
+///
+/// The 401 carries a `WWW-Authenticate` challenge, except for requests marked
+/// `X-Requested-With: XMLHttpRequest` (the dashboard's): a browser answers a challenge to a
+/// script's request with its own login dialog, over the page's login form.
 async fn require_user(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     match basic_credentials(req.headers()) {
         Some((name, password)) if shared.config.authenticate(&name, &password) => {
@@ -85,13 +142,22 @@ async fn require_user(State(shared): State<Arc<Shared>>, mut req: Request, next:
         }
         _ => {
             let mut response = error(StatusCode::UNAUTHORIZED, "not_authorised", "Login failed");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-            );
+            if !from_script(req.headers()) {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+                );
+            }
             response
         }
     }
+}
+
+/// Whether a request says it comes from a page's script (`X-Requested-With: XMLHttpRequest`).
+fn from_script(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"))
 }
 
 /// `Authorization: Basic base64(name:password)`.
@@ -105,6 +171,109 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let (name, password) = text.split_once(':')?;
     Some((name.to_owned(), password.to_owned()))
 }
+
+/// 404 for an object that does not exist, in RabbitMQ's words.
+pub(crate) fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
+}
+
+/// 400 with RabbitMQ's `bad_request` error and the reason.
+pub(crate) fn bad_request(reason: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", &reason.to_string())
+}
+
+/// A route's error answer, rendered by [`error`]: handlers return `Result<_, ApiError>`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    reason: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, reason: &str) -> Self {
+        Self {
+            status,
+            error,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, self.error, &self.reason)
+    }
+}
+
+/// An AMQP error from a declaration, deletion or binding, answered as RabbitMQ's API answers
+/// them (its `direct_request`): 404 `not_found` and 400 `bad_request` with the explanation
+/// (the reply text without its `NAME - ` prefix), 401 "Access refused." for ACCESS_REFUSED and
+/// NOT_ALLOWED.
+pub(crate) fn amqp_error(e: AmqpError) -> ApiError {
+    let explanation = e
+        .text
+        .split_once(" - ")
+        .map_or(e.text.as_str(), |(_, detail)| detail);
+    match e.code {
+        reply::NOT_FOUND => ApiError::new(StatusCode::NOT_FOUND, "not_found", explanation),
+        reply::ACCESS_REFUSED | reply::NOT_ALLOWED => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "not_authorised",
+            "Access refused.",
+        ),
+        _ => bad_request(explanation),
+    }
+}
+
+/// An AMQP error from a publish, answered as RabbitMQ's API answers errors on the channel it
+/// publishes on: 404 `not_found` and 401 `not_authorised` with the reply text, 400
+/// `bad_request` with "CODE TEXT" otherwise.
+pub(crate) fn channel_error(e: AmqpError) -> ApiError {
+    match e.code {
+        reply::NOT_FOUND => ApiError::new(StatusCode::NOT_FOUND, "not_found", &e.text),
+        reply::ACCESS_REFUSED => ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", &e.text),
+        code => bad_request(format_args!("{code} {}", e.text)),
+    }
+}
+
+/// 400 naming the keys a body lacks, in RabbitMQ's words (`[{key_missing,payload}]`), or
+/// `Ok` when it has them all.
+pub(crate) fn require_keys(body: &serde_json::Value, keys: &[&str]) -> Result<(), ApiError> {
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| body.get(**k).is_none())
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(bad_request(format_args!("[{}]", missing.join(","))))
+}
+
+/// A request body that must be a JSON object: empty or `null` is `{}` (RabbitMQ takes it as
+/// "all defaults"); anything else that is not an object is 400 `not_json`, as there.
+pub(crate) fn object_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Null) => Ok(serde_json::json!({})),
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        _ => Err(bad_request("not_json")),
+    }
+}
+
+/// Whether the query string sets `key=true` (`?if-unused=true`).
+pub(crate) fn query_flag(query: Option<&str>, key: &str) -> bool {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .any(|pair| pair.split_once('=') == Some((key, "true")))
+}
+
+/// The node name reported in `node` fields (RabbitMQ's `rabbit@host`).
+pub(crate) const NODE: &str = "amqp-broker@localhost";
 
 /// An error answer in RabbitMQ's shape: `{"error": "not_found", "reason": "Object Not Found"}`.
 pub(crate) fn error(status: StatusCode, error: &str, reason: &str) -> Response {

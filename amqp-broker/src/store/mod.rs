@@ -71,6 +71,7 @@ pub(crate) use self::recovery::{Recovered, RecoveredMessage, RecoveredQueue};
 pub(crate) use self::writer::Waiter;
 use self::writer::{Request, Writer};
 use crate::message::Message;
+use crate::metrics::Histogram;
 
 /// The writer's id for the delayed-message log (queue ids start at 1).
 pub(crate) const DELAYED_LOG: u64 = 0;
@@ -103,6 +104,8 @@ pub(crate) struct Store {
     dir_lock: Mutex<Option<lock::DirLock>>,
     /// See [`StoreOptions::queue_memory_budget_bytes`].
     queue_memory_budget_bytes: u64,
+    /// How long the writer's group commits take (recorded by the writer thread).
+    sync_latency: Arc<Histogram>,
 }
 
 impl std::fmt::Debug for Request {
@@ -132,12 +135,14 @@ impl Store {
             "message store recovered"
         );
         let failure = Arc::new(OnceLock::new());
+        let sync_latency = Arc::new(Histogram::default());
         let writer = Writer::new(
             storage.clone(),
             dir.join("queues"),
             logs,
             options.segment_bytes,
             failure.clone(),
+            sync_latency.clone(),
         );
         let (requests, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -153,6 +158,7 @@ impl Store {
             writer: Mutex::new(Some(thread)),
             dir_lock: Mutex::new(None),
             queue_memory_budget_bytes: options.queue_memory_budget_bytes,
+            sync_latency,
         };
         Ok((Arc::new(store), recovered))
     }
@@ -170,6 +176,12 @@ impl Store {
     /// How much memory each durable queue may use for the messages it holds.
     pub fn queue_memory_budget_bytes(&self) -> u64 {
         self.queue_memory_budget_bytes
+    }
+
+    /// How long group commits take: from the first write of a round to its last fsync, one
+    /// observation per round that had anything to sync.
+    pub fn sync_latency(&self) -> &Histogram {
+        &self.sync_latency
     }
 
     /// A fresh id for a durable queue's log.

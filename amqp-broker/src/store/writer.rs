@@ -15,11 +15,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::DELAYED_LOG;
 use super::io::Storage;
 use super::segment::QueueLog;
+use crate::metrics::Histogram;
 
 /// Most requests taken into one round.
 const MAX_BATCH: usize = 65_536;
@@ -70,6 +71,8 @@ pub(crate) struct Writer {
     pub segment_bytes: u64,
     /// Set once, on the first failure; read by publishers to refuse persistent messages.
     pub failure: Arc<OnceLock<Arc<str>>>,
+    /// How long each group commit takes (see [`Writer::commit`]).
+    sync_latency: Arc<Histogram>,
     waiters: Vec<Waiter>,
 }
 
@@ -80,6 +83,7 @@ impl Writer {
         queues: HashMap<u64, QueueLog>,
         segment_bytes: u64,
         failure: Arc<OnceLock<Arc<str>>>,
+        sync_latency: Arc<Histogram>,
     ) -> Self {
         Self {
             storage,
@@ -87,6 +91,7 @@ impl Writer {
             queues,
             segment_bytes,
             failure,
+            sync_latency,
             waiters: Vec::new(),
         }
     }
@@ -234,9 +239,11 @@ impl Writer {
     }
 
     /// Syncs every dirty log (the delayed log last, see [`Writer::write_all`]), answers the
-    /// waiters, then reclaims.
+    /// waiters, then reclaims. A round that had something to sync records how long it took.
     fn commit(&mut self) {
         if self.failed().is_none() {
+            let dirty = self.queues.values().any(QueueLog::is_dirty);
+            let started = Instant::now();
             let mut error = None;
             let mut logs: Vec<_> = self.queues.iter_mut().collect();
             logs.sort_by_key(|(id, _)| **id == DELAYED_LOG);
@@ -249,8 +256,10 @@ impl Writer {
                     break;
                 }
             }
-            if let Some(what) = error {
-                self.fail(what);
+            match error {
+                Some(what) => self.fail(what),
+                None if dirty => self.sync_latency.observe(started.elapsed()),
+                None => {}
             }
         }
         let result = match self.failed() {

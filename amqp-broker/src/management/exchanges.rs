@@ -1,0 +1,500 @@
+//! Exchanges and bindings: `/api/exchanges[/{vhost}[/{name}]]` to list, show, declare and
+//! delete exchanges, `/publish` to publish for debugging, and `/api/bindings...` to list,
+//! create and delete bindings. The default exchange is `amq.default` in paths, `""` in
+//! answers, as in RabbitMQ.
+
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::Arc;
+
+use amq_protocol::types::ShortString;
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::queues::{OPERATOR, flag};
+use super::{
+    ApiError, AuthUser, Shared, amqp_error, bad_request, channel_error, json, not_found,
+    object_body, query_flag, require_keys,
+};
+use crate::exchange::{Binding, Destination};
+use crate::vhost::{ExchangeFlags, ExchangeSnapshot, Published, Vhost};
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/exchanges", get(list_all))
+        .route("/api/exchanges/{vhost}", get(list_vhost))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(show).put(declare).delete(delete),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(bindings_destination),
+        )
+        .route("/api/bindings", get(bindings_all))
+        .route("/api/bindings/{vhost}", get(bindings_vhost))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(bindings_between).post(bind),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            get(binding_show).delete(unbind),
+        )
+}
+
+/// The exchange name a path segment means (`amq.default` is the default exchange).
+fn exchange_name(segment: &str) -> &str {
+    if segment == "amq.default" {
+        ""
+    } else {
+        segment
+    }
+}
+
+fn exchange_json(vhost: &str, x: &ExchangeSnapshot) -> Value {
+    json!({
+        "name": x.name,
+        "vhost": vhost,
+        "type": x.kind,
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": json::table(&x.arguments),
+    })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `properties_key` that names a binding in paths: `~` for an empty key without
+/// arguments, the encoded routing key, and with arguments `key~hash` (RabbitMQ's shape; the
+/// hash is this broker's own).
+fn properties_key(b: &Binding) -> String {
+    let key = percent_encode(b.routing_key.as_str());
+    if b.arguments.inner().is_empty() {
+        return if key.is_empty() { "~".into() } else { key };
+    }
+    let mut h = DefaultHasher::new();
+    json::table(&b.arguments).to_string().hash(&mut h);
+    let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finish().to_be_bytes());
+    format!("{key}~{hash}")
+}
+
+/// A binding in RabbitMQ's JSON shape.
+pub(super) fn binding_json(vhost: &str, source: &str, b: &Binding) -> Value {
+    let (destination, kind) = match &b.destination {
+        Destination::Queue(q) => (q.as_str(), "queue"),
+        Destination::Exchange(x) => (x.as_str(), "exchange"),
+    };
+    json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": destination,
+        "destination_type": kind,
+        "routing_key": b.routing_key.as_str(),
+        "arguments": json::table(&b.arguments),
+        "properties_key": properties_key(b),
+    })
+}
+
+/// The default exchange's implicit binding to a queue (RabbitMQ lists it too).
+pub(super) fn default_binding_json(vhost: &str, queue: &str) -> Value {
+    json!({
+        "source": "",
+        "vhost": vhost,
+        "destination": queue,
+        "destination_type": "queue",
+        "routing_key": queue,
+        "arguments": {},
+        "properties_key": percent_encode(queue),
+    })
+}
+
+/// `GET /api/exchanges`.
+async fn list_all(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+) -> Json<Vec<Value>> {
+    Json(
+        shared
+            .vhosts_for(&user)
+            .iter()
+            .flat_map(|v| {
+                v.exchanges()
+                    .iter()
+                    .map(|x| exchange_json(&v.name, x))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    )
+}
+
+/// `GET /api/exchanges/{vhost}`.
+async fn list_vhost(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    Ok(Json(
+        v.exchanges()
+            .iter()
+            .map(|x| exchange_json(&v.name, x))
+            .collect(),
+    ))
+}
+
+fn find_exchange(vhost: &Vhost, segment: &str) -> Result<ExchangeSnapshot, ApiError> {
+    let name = exchange_name(segment);
+    vhost
+        .exchanges()
+        .into_iter()
+        .find(|x| x.name == name)
+        .ok_or_else(not_found)
+}
+
+/// `GET /api/exchanges/{vhost}/{name}`.
+async fn show(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    let x = find_exchange(&v, &name)?;
+    Ok(Json(exchange_json(&v.name, &x)))
+}
+
+/// `PUT /api/exchanges/{vhost}/{name}` with `{"type", "durable", "auto_delete", "internal",
+/// "arguments"}` (all optional, defaulting as in `exchange.declare`: a transient `direct`
+/// exchange): 201 created, 204 when an equivalent one exists, 400 otherwise.
+async fn declare(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    let body = object_body(&body)?;
+    let kind = match body.get("type") {
+        None | Some(Value::Null) => "direct",
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(_) => return Err(bad_request("type must be a string")),
+    };
+    let flags = ExchangeFlags {
+        durable: flag(&body, "durable", false)?,
+        auto_delete: flag(&body, "auto_delete", false)?,
+        internal: flag(&body, "internal", false)?,
+    };
+    let arguments = json::to_table(body.get("arguments").unwrap_or(&Value::Null), "arguments")
+        .map_err(bad_request)?;
+    let name = exchange_name(&name);
+    if name.len() > 255 {
+        return Err(bad_request("exchange names are at most 255 bytes"));
+    }
+    let existed = v.exchanges().iter().any(|x| x.name == name);
+    v.declare_exchange(&ShortString::from(name), kind, false, flags, &arguments)
+        .map_err(amqp_error)?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+/// `DELETE /api/exchanges/{vhost}/{name}[?if-unused=true]`.
+async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    let x = find_exchange(&v, &name)?;
+    let if_unused = query_flag(query.as_deref(), "if-unused");
+    v.delete_exchange(&ShortString::from(x.name), if_unused)
+        .map_err(amqp_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A string field of a request body (checked present by [`require_keys`]).
+fn string_field<'a>(body: &'a Value, key: &str) -> Result<&'a str, ApiError> {
+    body[key]
+        .as_str()
+        .ok_or_else(|| bad_request(format_args!("{key} must be a string")))
+}
+
+/// `POST /api/exchanges/{vhost}/{name}/publish` with `{"properties", "routing_key",
+/// "payload", "payload_encoding"}` (all required, as in RabbitMQ): `{"routed": bool}`, or 400
+/// when a queue refuses the message (what would be a nack).
+async fn publish(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    let x = find_exchange(&v, &name)?;
+    let body = object_body(&body)?;
+    require_keys(
+        &body,
+        &["routing_key", "properties", "payload", "payload_encoding"],
+    )?;
+    let routing_key = string_field(&body, "routing_key")?;
+    let payload = string_field(&body, "payload")?;
+    let payload = match string_field(&body, "payload_encoding")? {
+        "string" => Bytes::copy_from_slice(payload.as_bytes()),
+        "base64" => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .map_err(|e| bad_request(format_args!("payload is not base64: {e}")))?,
+        ),
+        other => {
+            return Err(bad_request(format_args!(
+                "payload_encoding must be string or base64, not '{other}'"
+            )));
+        }
+    };
+    let properties = json::to_properties(&body["properties"]).map_err(bad_request)?;
+    if routing_key.len() > 255 {
+        return Err(bad_request("routing_key is at most 255 bytes"));
+    }
+    let routed = v
+        .publish_by_operator(
+            &ShortString::from(x.name),
+            &ShortString::from(routing_key),
+            properties,
+            payload,
+        )
+        .map_err(channel_error)?;
+    match routed {
+        Published::Routed => Ok(Json(json!({ "routed": true }))),
+        Published::Unroutable => Ok(Json(json!({ "routed": false }))),
+        // RabbitMQ's words for a nack.
+        Published::Refused => Err(bad_request(
+            "rejected Unable to publish message. Check queue limits.",
+        )),
+    }
+}
+
+/// Every binding in `vhost`, the default exchange's implicit ones first (as RabbitMQ lists).
+fn vhost_bindings(vhost: &Vhost) -> Vec<Value> {
+    let mut out: Vec<Value> = vhost
+        .queues()
+        .iter()
+        .map(|q| default_binding_json(&vhost.name, q.name.as_str()))
+        .collect();
+    for x in vhost.exchanges() {
+        out.extend(
+            x.bindings
+                .iter()
+                .map(|b| binding_json(&vhost.name, &x.name, b)),
+        );
+    }
+    out
+}
+
+/// `GET /api/bindings`.
+async fn bindings_all(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+) -> Json<Vec<Value>> {
+    Json(
+        shared
+            .vhosts_for(&user)
+            .iter()
+            .flat_map(|v| vhost_bindings(v))
+            .collect(),
+    )
+}
+
+/// `GET /api/bindings/{vhost}`.
+async fn bindings_vhost(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    Ok(Json(vhost_bindings(&v)))
+}
+
+/// `GET /api/exchanges/{vhost}/{name}/bindings/source`: bindings from this exchange.
+async fn bindings_source(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    let x = find_exchange(&v, &name)?;
+    Ok(Json(
+        x.bindings
+            .iter()
+            .map(|b| binding_json(&v.name, &x.name, b))
+            .collect(),
+    ))
+}
+
+/// `GET /api/exchanges/{vhost}/{name}/bindings/destination`: bindings to this exchange.
+async fn bindings_destination(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let v = shared.vhost_for(&user, &vhost)?;
+    let target = find_exchange(&v, &name)?;
+    let destination = Destination::Exchange(ShortString::from(target.name));
+    let mut out = Vec::new();
+    for x in v.exchanges() {
+        for b in x.bindings.iter().filter(|b| b.destination == destination) {
+            out.push(binding_json(&v.name, &x.name, b));
+        }
+    }
+    Ok(Json(out))
+}
+
+/// The source exchange and destination a `/api/bindings/{vhost}/e/{source}/{q|e}/{dest}`
+/// path names (404 when either is missing, as RabbitMQ answers).
+fn binding_ends(
+    shared: &Shared,
+    user: &AuthUser,
+    (vhost, source, kind, destination): &(String, String, String, String),
+) -> Result<(Arc<Vhost>, ExchangeSnapshot, Destination), ApiError> {
+    let v = shared.vhost_for(user, vhost)?;
+    let x = find_exchange(&v, source)?;
+    let destination = match kind.as_str() {
+        "q" => {
+            let q = v.find_queue(destination).ok_or_else(not_found)?;
+            Destination::Queue(q.name.clone())
+        }
+        "e" => Destination::Exchange(ShortString::from(find_exchange(&v, destination)?.name)),
+        _ => return Err(not_found()),
+    };
+    Ok((v, x, destination))
+}
+
+/// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}`: the bindings between the two.
+async fn bindings_between(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path(path): Path<(String, String, String, String)>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let (v, x, destination) = binding_ends(&shared, &user, &path)?;
+    Ok(Json(
+        x.bindings
+            .iter()
+            .filter(|b| b.destination == destination)
+            .map(|b| binding_json(&v.name, &x.name, b))
+            .collect(),
+    ))
+}
+
+/// `POST /api/bindings/{vhost}/e/{source}/{q|e}/{destination}` with `{"routing_key",
+/// "arguments"}`: 201 with a `Location` header naming the binding, as RabbitMQ answers.
+async fn bind(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path(path): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (v, x, destination) = binding_ends(&shared, &user, &path)?;
+    let body = object_body(&body)?;
+    let routing_key = match body.get("routing_key") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(bad_request("routing_key must be a string")),
+    };
+    if routing_key.len() > 255 {
+        return Err(bad_request("routing_key is at most 255 bytes"));
+    }
+    let arguments = json::to_table(body.get("arguments").unwrap_or(&Value::Null), "arguments")
+        .map_err(bad_request)?;
+    let binding = Binding {
+        destination,
+        routing_key: ShortString::from(routing_key),
+        arguments,
+    };
+    v.set_binding(
+        true,
+        &ShortString::from(x.name),
+        binding.destination.clone(),
+        &binding.routing_key,
+        &binding.arguments,
+        OPERATOR,
+    )
+    .map_err(amqp_error)?;
+    let (vhost, source, kind, dest) = &path;
+    let location = format!(
+        "/api/bindings/{}/e/{}/{kind}/{}/{}",
+        percent_encode(vhost),
+        percent_encode(source),
+        percent_encode(dest),
+        properties_key(&binding)
+    );
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
+}
+
+/// The binding between the two ends whose `properties_key` is `props` (404 if none).
+fn binding_named(
+    shared: &Shared,
+    user: &AuthUser,
+    path: &(String, String, String, String, String),
+) -> Result<(Arc<Vhost>, String, Binding), ApiError> {
+    let (vhost, source, kind, dest, props) = path;
+    let ends = (vhost.clone(), source.clone(), kind.clone(), dest.clone());
+    let (v, x, destination) = binding_ends(shared, user, &ends)?;
+    let b = x
+        .bindings
+        .into_iter()
+        .find(|b| b.destination == destination && properties_key(b) == *props)
+        .ok_or_else(not_found)?;
+    Ok((v, x.name, b))
+}
+
+/// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
+async fn binding_show(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path(path): Path<(String, String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (v, source, b) = binding_named(&shared, &user, &path)?;
+    Ok(Json(binding_json(&v.name, &source, &b)))
+}
+
+/// `DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`: 204.
+async fn unbind(
+    State(shared): State<Arc<Shared>>,
+    Extension(user): Extension<AuthUser>,
+    Path(path): Path<(String, String, String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (v, source, b) = binding_named(&shared, &user, &path)?;
+    v.set_binding(
+        false,
+        &ShortString::from(source),
+        b.destination,
+        &b.routing_key,
+        &b.arguments,
+        OPERATOR,
+    )
+    .map_err(amqp_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}

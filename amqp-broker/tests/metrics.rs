@@ -273,11 +273,6 @@ fn sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
     (name.to_owned(), labels, value)
 }
 
-/// A unique name per run, so the numbers are this test's own.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", std::process::id())
-}
-
 async fn declare(ch: &Channel, name: &str, durable: bool, arguments: FieldTable) {
     let options = QueueDeclareOptions {
         durable,
@@ -326,15 +321,15 @@ async fn scrape_until(broker: &Broker, done: impl Fn(&Scrape) -> bool) -> Scrape
 #[tokio::test]
 async fn counters_equal_what_the_clients_did() {
     let broker = broker(None).await;
-    let work = unique("metrics-work");
-    let dlq = unique("metrics-work-dlq");
+    let work = "work";
+    let dlq = "work.dlq";
     let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
     let publisher = conn.create_channel().await.unwrap();
     let consumer = conn.create_channel().await.unwrap();
-    declare(&publisher, &work, false, dead_letter_args(&dlq)).await;
-    declare(&publisher, &dlq, false, FieldTable::default()).await;
+    declare(&publisher, work, false, dead_letter_args(dlq)).await;
+    declare(&publisher, dlq, false, FieldTable::default()).await;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -342,14 +337,14 @@ async fn counters_equal_what_the_clients_did() {
 
     // 10 messages of 100 bytes in; all 10 delivered; 6 acked, 2 requeued (so delivered again
     // and acked), 2 rejected to the dead-letter queue; one of those fetched with basic.get.
-    publish_confirmed(&publisher, &work, 10, &[b'x'; 100], false).await;
+    publish_confirmed(&publisher, work, 10, &[b'x'; 100], false).await;
     consumer
         .basic_qos(20, BasicQosOptions::default())
         .await
         .unwrap();
     let mut deliveries = consumer
         .basic_consume(
-            work.as_str().into(),
+            work.into(),
             "metrics".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -374,15 +369,15 @@ async fn counters_equal_what_the_clients_did() {
         d.nack(options).await.unwrap();
     }
     let got = consumer
-        .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+        .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
         .await
         .unwrap()
         .expect("a dead-lettered message");
     // A method with a reply on the same channel: the acks and nacks before it were handled.
-    declare(&consumer, &dlq, false, FieldTable::default()).await;
+    declare(&consumer, dlq, false, FieldTable::default()).await;
 
     let s = scrape(&broker).await;
-    let q = |name: &str| s.queue(name, &work);
+    let q = |name: &str| s.queue(name, work);
     assert_eq!(q("amqp_broker_queue_messages_published_total"), 10.0);
     assert_eq!(q("amqp_broker_queue_messages_delivered_total"), 12.0);
     assert_eq!(q("amqp_broker_queue_messages_redelivered_total"), 2.0);
@@ -391,7 +386,7 @@ async fn counters_equal_what_the_clients_did() {
     assert_eq!(q("amqp_broker_queue_messages_ready"), 0.0);
     assert_eq!(q("amqp_broker_queue_messages_unacked"), 0.0);
     assert_eq!(q("amqp_broker_queue_consumers"), 1.0);
-    let d = |name: &str| s.queue(name, &dlq);
+    let d = |name: &str| s.queue(name, dlq);
     assert_eq!(d("amqp_broker_queue_messages_published_total"), 2.0);
     assert_eq!(d("amqp_broker_queue_messages_delivered_total"), 1.0);
     assert_eq!(d("amqp_broker_queue_messages_dead_lettered_total"), 0.0);
@@ -416,16 +411,16 @@ async fn counters_equal_what_the_clients_did() {
 
     // Deleting a queue removes its series but not what the vhost's totals counted.
     got.ack(BasicAckOptions::default()).await.unwrap();
-    declare(&consumer, &dlq, false, FieldTable::default()).await;
+    declare(&consumer, dlq, false, FieldTable::default()).await;
     publisher
-        .queue_delete(dlq.as_str().into(), QueueDeleteOptions::default())
+        .queue_delete(dlq.into(), QueueDeleteOptions::default())
         .await
         .unwrap();
     let s = scrape(&broker).await;
     assert!(
         !s.samples
             .keys()
-            .any(|(_, labels)| labels.get("queue") == Some(&dlq))
+            .any(|(_, labels)| labels.get("queue").map(String::as_str) == Some(dlq))
     );
     assert_eq!(s.vhost("amqp_broker_queues"), 1.0);
     assert_eq!(s.vhost("amqp_broker_vhost_messages_published_total"), 12.0);
@@ -459,16 +454,16 @@ async fn persisted_confirms_fill_the_confirm_and_sync_histograms() {
     let dir = std::env::temp_dir().join(format!("amqp-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let broker = broker(Some(dir.clone())).await;
-    let queue = unique("metrics-durable");
+    let queue = "kept";
     let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    declare(&ch, &queue, true, FieldTable::default()).await;
+    declare(&ch, queue, true, FieldTable::default()).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    publish_confirmed(&ch, &queue, 5, b"kept", true).await;
+    publish_confirmed(&ch, queue, 5, b"kept", true).await;
 
     let text = scrape_text(&broker).await;
     promtool_check(&text);
@@ -479,9 +474,9 @@ async fn persisted_confirms_fill_the_confirm_and_sync_histograms() {
     let syncs = s.value("amqp_broker_store_sync_seconds_count", &[]);
     assert!(syncs >= 5.0, "{syncs} syncs");
     assert!(s.value("amqp_broker_store_sync_seconds_sum", &[]) > 0.0);
-    assert_eq!(s.queue("amqp_broker_queue_messages_ready", &queue), 5.0);
+    assert_eq!(s.queue("amqp_broker_queue_messages_ready", queue), 5.0);
     assert_eq!(
-        s.queue("amqp_broker_queue_messages_ready_bytes", &queue),
+        s.queue("amqp_broker_queue_messages_ready_bytes", queue),
         20.0
     );
     eprintln!(

@@ -71,13 +71,11 @@ pub(crate) async fn serve(
     }
 }
 
-/// The API's routes behind basic auth, and the public ones beside them.
+/// The API's routes behind basic auth; the public ones, merged after the auth layer, outside it.
 fn router(shared: Arc<Shared>) -> Router {
-    let authenticated = Router::new()
-        .merge(api::routes())
-        .layer(middleware::from_fn_with_state(shared.clone(), require_user));
     Router::new()
-        .merge(authenticated)
+        .merge(api::routes())
+        .layer(middleware::from_fn_with_state(shared.clone(), require_user))
         .merge(metrics::routes())
         .with_state(shared)
 }

@@ -12,6 +12,9 @@
 #                                            the Erlang node stays up, as in a rolling restart)
 #   scripts/rabbitmq-cluster.sh start-node N start it again and wait until it runs
 #   scripts/rabbitmq-cluster.sh leader QUEUE the number (1-3) of the node leading a quorum queue
+#   scripts/rabbitmq-cluster.sh connection-node NAME
+#                                            the number of the node a client connection named NAME
+#                                            (its `connection_name` property) is connected to
 #
 # Node N is `amqptestN@localhost`, AMQP on 127.0.0.1:(BASE+N), distribution on (BASE+20000+N).
 # Each node has its own data, log and configuration under RABBITMQ_CLUSTER_DIR, no plugins (so it
@@ -266,6 +269,19 @@ cmd_leader() {
     return 1
 }
 
+cmd_connection_node() {
+    local name=$1 n
+    for n in "${nodes[@]}"; do
+        if ctl "$n" list_connections client_properties --no-table-headers 2>/dev/null |
+            grep -qF "{\"connection_name\",\"$name\"}"; then
+            echo "$n"
+            return 0
+        fi
+    done
+    echo "no running node has a connection named $name" >&2
+    return 1
+}
+
 case ${1:-} in
 start) cmd_start ;;
 stop) cmd_stop ;;
@@ -287,8 +303,15 @@ leader)
     }
     cmd_leader "$2"
     ;;
+connection-node)
+    [[ -n ${2:-} ]] || {
+        echo "usage: $0 connection-node NAME" >&2
+        exit 2
+    }
+    cmd_connection_node "$2"
+    ;;
 *)
-    echo "usage: $0 start|stop|status|urls|stop-node N|start-node N|leader QUEUE" >&2
+    echo "usage: $0 start|stop|status|urls|stop-node N|start-node N|leader QUEUE|connection-node NAME" >&2
     exit 2
     ;;
 esac

@@ -162,7 +162,10 @@ impl Scenario {
 }
 
 fn cluster_urls() -> Vec<String> {
-    let Some(urls) = std::env::var(URLS_VAR).ok().filter(|v| !v.trim().is_empty()) else {
+    let Some(urls) = std::env::var(URLS_VAR)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    else {
         panic!(
             "{URLS_VAR} is not set: start the cluster with `{URLS_VAR}=$(scripts/rabbitmq-cluster.sh start)`"
         );
@@ -199,7 +202,10 @@ async fn fresh_queue_led_by(url: &str, queue: &str) {
         .await
         .expect("delete the queue of an earlier run");
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
@@ -310,8 +316,7 @@ async fn produce(template: Template, queue: &'static str) -> Produced {
 async fn failover(scenario: Scenario) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();

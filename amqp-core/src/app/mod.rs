@@ -456,7 +456,10 @@ mod tests {
             split_addresses("amqp://h1:5672/%2f, amqp://h2:5672/%2f ,,"),
             ["amqp://h1:5672/%2f", "amqp://h2:5672/%2f"]
         );
-        assert_eq!(split_addresses("amqp://u:p%2Cq@h/%2f"), ["amqp://u:p%2Cq@h/%2f"]);
+        assert_eq!(
+            split_addresses("amqp://u:p%2Cq@h/%2f"),
+            ["amqp://u:p%2Cq@h/%2f"]
+        );
         assert!(split_addresses(" , ").is_empty());
     }
 }

@@ -347,8 +347,12 @@ impl<C: MessageConverter + Clone> Listener<C> {
             })?;
             for q in &queues {
                 let dlq = Queue::durable(crate::retry::dead_letter_queue(q));
-                conn.declare(if self.settings.quorum { dlq.quorum() } else { dlq })
-                    .await?;
+                conn.declare(if self.settings.quorum {
+                    dlq.quorum()
+                } else {
+                    dlq
+                })
+                .await?;
             }
         }
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -48,6 +48,7 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-queue-mode",
     "x-single-active-consumer",
     "x-queue-type",
+    "x-delivery-limit",
 ];
 
 /// The prefix of direct reply-to pseudo-queues.

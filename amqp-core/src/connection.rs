@@ -39,7 +39,9 @@ impl ConnectionFactory {
         Self::with_addresses([url])
     }
 
-    /// A factory that tries several URLs in turn (each reconnection starts with the first).
+    /// A factory that tries several URLs in turn, a RabbitMQ cluster's nodes: the first that
+    /// answers is used, at the first connection and again at every reconnection (each starts
+    /// with the first URL), so losing a node moves the connection to another one.
     pub fn with_addresses<I, S>(urls: I) -> Self
     where
         I: IntoIterator<Item = S>,

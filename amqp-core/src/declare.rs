@@ -166,9 +166,55 @@ impl Queue {
         self.auto_delete = true;
         self
     }
-    /// A replicated quorum queue (`x-queue-type: quorum`; RabbitMQ clusters).
+    /// A replicated quorum queue (`x-queue-type: quorum`): on a RabbitMQ cluster its messages
+    /// live on a majority of the nodes, so the queue and what it holds outlast the loss of a
+    /// node; a publisher confirm then means "replicated". A quorum queue is durable, neither
+    /// exclusive nor auto-delete: declaring one that is not fails with
+    /// [`Error::Configuration`] before anything is sent.
+    ///
+    /// ```
+    /// use amqp_core::Queue;
+    /// let orders = Queue::durable("orders").quorum().delivery_limit(5);
+    /// assert!(orders.is_quorum());
+    /// ```
     pub fn quorum(self) -> Self {
         self.argument("x-queue-type", AMQPValue::LongString("quorum".into()))
+    }
+    /// A quorum queue's poison-message guard (`x-delivery-limit`): a message returned to the
+    /// queue (rejected with requeue, or its consumer gone) more than `limit` times is
+    /// dead-lettered, or dropped without a dead-letter exchange. Only with
+    /// [`quorum`](Self::quorum) (a classic queue would ignore it): declaring it on another queue
+    /// fails with [`Error::Configuration`].
+    pub fn delivery_limit(self, limit: u32) -> Self {
+        self.argument("x-delivery-limit", AMQPValue::LongLongInt(i64::from(limit)))
+    }
+    /// Whether this is a quorum queue.
+    pub fn is_quorum(&self) -> bool {
+        matches!(
+            self.arguments.inner().get("x-queue-type"),
+            Some(AMQPValue::LongString(t)) if t.as_bytes() == b"quorum"
+        )
+    }
+    /// What makes this declaration one RabbitMQ refuses or ignores, said before it is sent: a
+    /// quorum queue that is not durable, or exclusive, or auto-delete; a delivery limit on a
+    /// queue that is not a quorum queue.
+    fn check(&self) -> Result<()> {
+        let quorum = self.is_quorum();
+        let problem = if quorum && !self.durable {
+            "a quorum queue is durable: remove `with_durable(false)` (or `transient`), or `quorum()`"
+        } else if quorum && self.exclusive {
+            "a quorum queue is not exclusive: remove `exclusive()` or `quorum()`"
+        } else if quorum && self.auto_delete {
+            "a quorum queue is not auto-delete: remove `auto_delete()` or `quorum()`"
+        } else if !quorum && self.arguments.inner().contains_key("x-delivery-limit") {
+            "`delivery_limit` (x-delivery-limit) is for quorum queues: add `quorum()`, or remove it"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Configuration(format!(
+            "queue '{}': {problem}",
+            self.name
+        )))
     }
     /// Where rejected and expired messages go.
     pub fn dead_letter_exchange(self, exchange: &str) -> Self {
@@ -370,6 +416,7 @@ async fn declare_one(ch: &Channel, item: &Declarable) -> Result<()> {
             ("exchange", x.name.clone(), r.map(drop))
         }
         Declarable::Queue(q) => {
+            q.check()?;
             let opts = QueueDeclareOptions {
                 durable: q.durable,
                 exclusive: q.exclusive,

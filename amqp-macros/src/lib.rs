@@ -83,7 +83,8 @@ use proc_macro::TokenStream;
 /// | `dead_letter_routing_key` | string | queue argument `x-dead-letter-routing-key` |
 /// | `message_ttl` | integer (ms) | queue argument `x-message-ttl` |
 /// | `max_length` | integer | queue argument `x-max-length` |
-/// | `quorum` | flag (or `quorum = true`) | `x-queue-type = "quorum"` |
+/// | `quorum` | flag (or `quorum = true`) | `x-queue-type = "quorum"`: a replicated queue (RabbitMQ clusters); durable, not exclusive, not auto-delete; with `retry`, `<queue>.dlq` is a quorum queue too |
+/// | `delivery_limit` | integer (0 to 2³²−1), needs `quorum` | `x-delivery-limit`: a message redelivered more often is dead-lettered (or dropped) |
 /// | `arguments(...)` | `name = value, ...` | any queue arguments: `arguments("x-overflow" = "reject-publish")` |
 /// | `headers(...)` | `name = value, ...` | binding arguments for `exchange_type = "headers"` |
 /// | `x_match` | `"all"`, `"any"`, `"all-with-x"`, `"any-with-x"` | binding argument `x-match` (headers only) |
@@ -98,7 +99,8 @@ use proc_macro::TokenStream;
 ///
 /// Mistakes are compile errors at the offending tokens, all reported at once: not an `async fn`,
 /// a method, no payload parameter, a missing `queue`, an unknown key (the keys are listed), a key
-/// given twice, a value of the wrong type, an unknown `exchange_type`, `ack` or `x_match`,
+/// given twice, a value of the wrong type, `quorum` with `durable = false`, `exclusive` or
+/// `auto_delete`, `delivery_limit` without `quorum`, an unknown `exchange_type`, `ack` or `x_match`,
 /// `exchange_type`/`key` without `exchange`, `headers`/`x_match` without a headers exchange; a
 /// parameter that is no extractor is reported at its type.
 ///

@@ -91,6 +91,14 @@ impl ListenerDefinition {
         all
     }
 
+    /// Whether the listener's queue is a quorum queue (`quorum`, or `x-queue-type` in
+    /// `arguments(...)`).
+    pub fn is_quorum(&self) -> bool {
+        self.queue_arguments
+            .iter()
+            .any(|(key, value)| *key == "x-queue-type" && *value == ArgValue::Str("quorum"))
+    }
+
     /// What this listener needs declared: its exchange, its queue, and a binding per key; for a
     /// partitioned listener, each partition's queue and a binding per key and partition.
     pub fn declarations(&self) -> Vec<Declarable> {

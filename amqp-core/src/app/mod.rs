@@ -7,7 +7,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `AMQP_URL` | the broker, `amqp://user:pass@host:port/vhost` | unset: start the embedded broker |
+//! | `AMQP_URL` | the broker, `amqp://user:pass@host:port/vhost`; for a cluster, its nodes comma-separated (tried in turn, at start and on every reconnection) | unset: start the embedded broker |
 //! | `AMQP_PREFETCH` | prefetch for listeners that do not set one | 250 |
 //! | `AMQP_CONCURRENCY` | consumers per listener that does not set it | 1 |
 //! | `AMQP_LISTENERS` | comma-separated listener ids (or the last part of them) to run | all |
@@ -99,11 +99,33 @@ impl App {
         }
     }
 
-    /// Connects to this broker (overrides `AMQP_URL`).
+    /// Connects to this broker (overrides `AMQP_URL`); like the variable, it may list a
+    /// cluster's nodes comma-separated.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self.embedded = false;
         self
+    }
+
+    /// Connects to the first of these nodes that answers, and on each reconnection tries them
+    /// again in turn, from the first (overrides `AMQP_URL`). For a RabbitMQ cluster: list every
+    /// node, and the app moves to another when the one it uses goes down.
+    ///
+    /// ```
+    /// use amqp_core::App;
+    /// let app = App::new().addresses([
+    ///     "amqp://guest:guest@rabbit-1:5672/%2f",
+    ///     "amqp://guest:guest@rabbit-2:5672/%2f",
+    /// ]);
+    /// # let _ = app;
+    /// ```
+    pub fn addresses<I, S>(self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        self.url(urls.join(","))
     }
 
     /// Starts the embedded broker even if `AMQP_URL` is set (tests use this).
@@ -252,7 +274,13 @@ impl App {
                 ));
             }
         };
-        let conn = ConnectionFactory::new(&url)
+        let addresses = split_addresses(&url);
+        if addresses.is_empty() {
+            return Err(Error::Configuration(format!(
+                "AMQP_URL (or App::url) lists no address: '{url}'"
+            )));
+        }
+        let conn = ConnectionFactory::with_addresses(addresses)
             .connection_name(&self.connection_name)
             .connect()
             .await?;
@@ -294,6 +322,9 @@ impl App {
             if let Some(n) = def.partitions {
                 listener = listener.partitions(n);
             }
+            if def.is_quorum() {
+                listener = listener.quorum();
+            }
             let handle = listener.delivery_handler(handler).start(&conn).await?;
             tracing::info!(listener = def.id, queue = def.queue, "listening");
             handles.push(handle);
@@ -317,6 +348,16 @@ impl App {
         running.shutdown().await;
         Ok(())
     }
+}
+
+/// `AMQP_URL`'s addresses: comma-separated, blanks around them ignored (a comma inside a
+/// password is written `%2C`, as in any URL).
+fn split_addresses(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Wraps a listener's handler so that the spy sees each delivery and its outcome.
@@ -361,7 +402,8 @@ impl RunningApp {
         &self.conn
     }
 
-    /// The broker URL in use (the embedded broker's when it was started).
+    /// The broker URL in use (the embedded broker's when it was started); for a cluster, the
+    /// addresses as configured, comma-separated.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -402,4 +444,22 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_addresses;
+
+    #[test]
+    fn amqp_url_lists_a_cluster_comma_separated() {
+        assert_eq!(
+            split_addresses("amqp://h1:5672/%2f, amqp://h2:5672/%2f ,,"),
+            ["amqp://h1:5672/%2f", "amqp://h2:5672/%2f"]
+        );
+        assert_eq!(
+            split_addresses("amqp://u:p%2Cq@h/%2f"),
+            ["amqp://u:p%2Cq@h/%2f"]
+        );
+        assert!(split_addresses(" , ").is_empty());
+    }
 }

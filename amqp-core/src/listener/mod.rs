@@ -71,6 +71,8 @@ pub struct ListenerBuilder<C = JsonConverter> {
     retry: Option<Retry>,
     /// Consume `<queue>.0` … `<queue>.N-1` instead of `queue` (ordered partitions).
     partitions: Option<u16>,
+    /// The consumed queue is a quorum queue, so the dead-letter queue declared for it is too.
+    quorum: bool,
 }
 
 /// A queue with a handler, ready to [`start`](Listener::start).
@@ -134,6 +136,7 @@ impl Listener<JsonConverter> {
             circuit_breaker: None,
             retry: None,
             partitions: None,
+            quorum: false,
         }
     }
 }
@@ -178,6 +181,7 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
             circuit_breaker: self.circuit_breaker,
             retry: self.retry,
             partitions: self.partitions,
+            quorum: self.quorum,
         }
     }
 
@@ -256,6 +260,18 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
         self
     }
 
+    /// Says the consumed queue is a quorum queue ([`crate::Queue::quorum`]): the dead-letter
+    /// queue this listener declares with a [`retry`](Self::retry) policy, `<queue>.dlq`, is then
+    /// a quorum queue too, so failed messages are replicated like the rest. (The retry wait
+    /// queues of [`crate::DelayMechanism::WaitQueues`] stay classic: each holds a message only
+    /// for one delay, is made per delay value and expires unused, which a replicated queue
+    /// would turn into a Raft group created and dropped on the fly; their messages are
+    /// persistent and come back when their node does.)
+    pub fn quorum(mut self) -> Self {
+        self.quorum = true;
+        self
+    }
+
     /// Shares state with extractor-based handlers ([`crate::State`]).
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(value);
@@ -330,8 +346,13 @@ impl<C: MessageConverter + Clone> Listener<C> {
                 crate::Error::Configuration(format!("listener on '{queue}': retry: {e}"))
             })?;
             for q in &queues {
-                conn.declare(Queue::durable(crate::retry::dead_letter_queue(q)))
-                    .await?;
+                let dlq = Queue::durable(crate::retry::dead_letter_queue(q));
+                conn.declare(if self.settings.quorum {
+                    dlq.quorum()
+                } else {
+                    dlq
+                })
+                .await?;
             }
         }
         let (stop_tx, stop_rx) = watch::channel(false);

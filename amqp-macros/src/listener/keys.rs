@@ -101,6 +101,7 @@ keys! {
     MessageTtl message_ttl: Int, "message_ttl = 60000";
     MaxLength max_length: Int, "max_length = 10000";
     Quorum quorum: Flag, "quorum";
+    DeliveryLimit delivery_limit: Int, "delivery_limit = 5";
     Arguments arguments: Table, "arguments(\"x-overflow\" = \"reject-publish\")";
     Headers headers: Table, "headers(kind = \"audit\", \"x-region\" = \"eu\")";
     XMatch x_match: Str, "x_match = \"any\"";

@@ -466,6 +466,15 @@ fn queue_arguments(v: &Values, errors: &mut Errors) -> Vec<(String, Arg)> {
     if let (true, Some(ident)) = (quorum, v.ident(Key::Quorum)) {
         queue_arguments.push("x-queue-type", Arg::Str("quorum".into()), ident);
     }
+    if let (false, Some(ident)) = (quorum, v.ident(Key::DeliveryLimit)) {
+        // A classic queue takes the argument and ignores it: say so here instead.
+        errors.spanned(
+            ident,
+            "`delivery_limit` is for quorum queues (`x-delivery-limit`): add `quorum`, or remove `delivery_limit`",
+        );
+    } else if let Some((limit, expr)) = v.int(Key::DeliveryLimit, 0, u32::MAX.into(), errors) {
+        queue_arguments.push("x-delivery-limit", Arg::Int(limit as i64), expr);
+    }
     for (name, value) in v.table(Key::Arguments).unwrap_or_default() {
         queue_arguments.push(&name.value(), value.clone(), name);
     }

@@ -584,6 +584,10 @@ async fn exchanges_and_bindings_match_lapin_and_can_be_made_through_the_api() {
     assert_eq!(made["routing_key"], "a.*");
     assert_eq!(made["properties_key"], "a.%2A");
     assert_eq!(
+        &api.get("/api/bindings/%2F/e/mgmt-x/q/bound-q/a.%2A").await,
+        made
+    );
+    assert_eq!(
         api.get("/api/exchanges/%2F/mgmt-x/bindings/source").await,
         json!([made])
     );

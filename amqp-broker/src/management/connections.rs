@@ -143,7 +143,7 @@ fn consumers(
             continue;
         }
         for q in v.queues() {
-            for c in q.snapshot().consumers {
+            for c in q.consumers() {
                 out.push((v.name.clone(), q.name.to_string(), c));
             }
         }

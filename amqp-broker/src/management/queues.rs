@@ -44,7 +44,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 
 /// A queue in RabbitMQ's JSON shape.
 fn queue_json(shared: &Shared, vhost: &str, q: &Queue) -> Value {
-    let s = q.snapshot();
+    let d = q.depth();
     let key = format!("queue:{vhost}:{}", q.name);
     json!({
         "message_stats": shared.rates.message_stats(&key, q.stats()),
@@ -54,11 +54,12 @@ fn queue_json(shared: &Shared, vhost: &str, q: &Queue) -> Value {
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner.is_some(),
         "arguments": json::table(&q.arguments),
-        "messages": s.ready + s.unacked,
-        "messages_ready": s.ready,
-        "messages_unacknowledged": s.unacked,
-        "message_bytes_ready": s.ready_bytes,
-        "consumers": s.consumers.len(),
+        "messages": d.ready + d.unacked,
+        "messages_ready": d.ready,
+        "messages_unacknowledged": d.unacked,
+        "message_bytes_ready": d.ready_bytes,
+        "message_bytes_unacknowledged": d.unacked_bytes,
+        "consumers": d.consumers,
         "state": "running",
         "type": if q.policy.quorum { "quorum" } else { "classic" },
         "node": NODE,

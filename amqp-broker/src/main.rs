@@ -56,7 +56,8 @@ struct Args {
     /// messages beyond it stay on disk only until consumers reach them.
     #[arg(long = "queue-memory-bytes", default_value_t = amqp_broker::DEFAULT_QUEUE_MEMORY_BUDGET_BYTES)]
     queue_memory_budget_bytes: u64,
-    /// Port of the management HTTP API (0 picks a free one and logs it).
+    /// Port of the management HTTP API and of Prometheus' `/metrics` (0 picks a free one and
+    /// logs it).
     #[arg(long, default_value_t = 15672)]
     management_port: u16,
     /// Serve no management HTTP API.
@@ -121,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = Broker::builder().config(config).start().await?;
     tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());
     if let Some(url) = broker.management_url() {
-        tracing::info!("management API: {url}/api/overview");
+        tracing::info!("management API: {url}/api/overview; Prometheus metrics: {url}/metrics");
     }
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -702,6 +702,7 @@ async fn connections_channels_and_consumers_match_lapin_and_close_with_the_reaso
         .await
         .unwrap();
     let quiet = conn.create_channel().await.unwrap();
+    quiet.tx_select().await.unwrap();
 
     let conns = api.get("/api/connections").await;
     assert_eq!(conns.as_array().unwrap().len(), 1);
@@ -742,11 +743,13 @@ async fn connections_channels_and_consumers_match_lapin_and_close_with_the_reaso
     assert_eq!(busy["consumer_count"], 1);
     assert_eq!(busy["prefetch_count"], 7);
     assert_eq!(busy["confirm"], true);
+    assert_eq!(busy["transactional"], false);
     assert_eq!(busy["messages_unacknowledged"], 0);
     let idle = by_number(quiet.id());
     assert_eq!(idle["consumer_count"], 0);
     assert_eq!(idle["prefetch_count"], 0);
     assert_eq!(idle["confirm"], false);
+    assert_eq!(idle["transactional"], true);
 
     let consumers = api.get("/api/consumers").await;
     assert_eq!(&api.get("/api/consumers/%2F").await, &consumers);

@@ -168,6 +168,7 @@ fn channel_json(c: &ConnectionSnapshot, ch: &ChannelView, consumer_count: usize)
         "prefetch_count": ch.consumer_prefetch.load(Ordering::Relaxed),
         "global_prefetch_count": ch.credit.limit(),
         "confirm": ch.confirm.load(Ordering::Relaxed),
+        "transactional": ch.transactional.load(Ordering::Relaxed),
         "state": "running",
         "node": NODE,
     })

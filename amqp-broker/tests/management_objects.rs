@@ -907,6 +907,22 @@ async fn get_with_reject_dead_letters_and_queue_kinds_show() {
     .unwrap();
     assert_eq!(api.get("/api/queues/%2F/quorum-q").await["type"], "quorum");
     assert_eq!(api.get("/api/queues/%2F/excl-q").await["exclusive"], true);
+    // Another connection's exclusive queue is locked to the API, as to any other connection.
+    let locked = "cannot obtain exclusive access to locked queue 'excl-q' in vhost '/'";
+    for (method, path, body) in [
+        (Method::DELETE, "/api/queues/%2F/excl-q", None),
+        (Method::DELETE, "/api/queues/%2F/excl-q/contents", None),
+        (
+            Method::POST,
+            "/api/queues/%2F/excl-q/get",
+            Some(json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"})),
+        ),
+    ] {
+        let (status, err) = api.call(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
+        assert!(err["reason"].as_str().unwrap().contains(locked), "{err}");
+    }
+    assert_eq!(api.get("/api/queues/%2F/excl-q").await["name"], "excl-q");
 
     let body = json!({"properties": {}, "routing_key": "dl-src", "payload": "bad", "payload_encoding": "string"});
     api.call(

@@ -146,7 +146,8 @@ pub(crate) struct Channel {
     reply_address: Option<String>,
     /// The last queue declared here: an empty queue name in later methods means this one.
     last_queue: Option<ShortString>,
-    /// What the management API shows of this channel (updated on qos and confirm.select).
+    /// What the management API shows of this channel (updated on qos, confirm.select and
+    /// tx.select only).
     view: Arc<ChannelView>,
 }
 
@@ -1109,6 +1110,7 @@ impl Channel {
                     ));
                 }
                 self.tx.get_or_insert_with(Transaction::default);
+                self.view.set_transactional();
                 self.reply(io, AMQPClass::Tx(M::SelectOk(tx::SelectOk {})));
             }
             M::Commit(_) => {

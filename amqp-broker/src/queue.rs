@@ -219,19 +219,6 @@ pub(crate) struct Counts {
     pub consumers: u32,
 }
 
-/// A queue's state at one moment, for the management API.
-#[derive(Debug)]
-pub(crate) struct QueueSnapshot {
-    /// Messages ready for delivery.
-    pub ready: usize,
-    /// Their body bytes.
-    pub ready_bytes: u64,
-    /// Deliveries out with consumers (or `basic.get`) and not yet settled.
-    pub unacked: usize,
-    /// Its consumers.
-    pub consumers: Vec<Arc<Consumer>>,
-}
-
 impl Queue {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -469,15 +456,9 @@ impl Queue {
         }
     }
 
-    /// What the management API shows of the queue, read under its lock once.
-    pub fn snapshot(&self) -> QueueSnapshot {
-        let st = self.state.lock();
-        QueueSnapshot {
-            ready: st.ready.len(),
-            ready_bytes: st.ready.bytes(),
-            unacked: st.unacked,
-            consumers: st.consumers.clone(),
-        }
+    /// Its consumers now (the management API lists them).
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
     }
 
     /// Whether one more message of `bytes` would go over a limit.

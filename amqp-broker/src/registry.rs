@@ -3,7 +3,7 @@
 //!
 //! Besides [`ConnectionInfo`], each entry keeps what the management API shows of a connection
 //! (its details and its channels). Channels publish a [`ChannelView`] of themselves when they
-//! open and update it only on `basic.qos` and `confirm.select`, so the hot path never touches
+//! open and update it only on `basic.qos`, `confirm.select` and `tx.select`, so the hot path never touches
 //! the registry.
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +62,8 @@ pub(crate) struct ChannelView {
     pub consumer_prefetch: AtomicU16,
     /// In confirm mode.
     pub confirm: AtomicBool,
+    /// In tx mode.
+    pub transactional: AtomicBool,
 }
 
 impl ChannelView {
@@ -71,6 +73,7 @@ impl ChannelView {
             credit,
             consumer_prefetch: AtomicU16::new(0),
             confirm: AtomicBool::new(false),
+            transactional: AtomicBool::new(false),
         })
     }
 
@@ -82,6 +85,11 @@ impl ChannelView {
     /// Records `confirm.select`.
     pub fn set_confirm(&self) {
         self.confirm.store(true, Ordering::Relaxed);
+    }
+
+    /// Records `tx.select`.
+    pub fn set_transactional(&self) {
+        self.transactional.store(true, Ordering::Relaxed);
     }
 }
 

@@ -690,8 +690,7 @@ impl Vhost {
 
     // ----- for the management API -----
 
-    /// The queue named `name`, whoever owns it (the management API acts for the operator, not
-    /// for a connection).
+    /// The queue named `name`, whoever owns it (for the management API's listings).
     pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.topology.read().queues.get(name).cloned()
     }
@@ -714,24 +713,6 @@ impl Vhost {
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
-    }
-
-    /// Deletes a queue for the operator (whoever owns it) after checking `if-unused` /
-    /// `if-empty`; `None` when there is no such queue.
-    pub fn delete_queue_by_operator(
-        &self,
-        name: &str,
-        if_unused: bool,
-        if_empty: bool,
-    ) -> AmqpResult<Option<u32>> {
-        let mut topo = self.topology.write();
-        let Some(q) = topo.queues.get(name).cloned() else {
-            return Ok(None);
-        };
-        q.check_delete(if_unused, if_empty, &self.name)?;
-        let n = topo.remove_queue(&q.name);
-        self.save(&topo)?;
-        Ok(Some(n))
     }
 
     /// Publishes a message the operator sent (the management API's publish), routed as

@@ -143,17 +143,39 @@ async fn purge_delete_and_close_connection_act_on_the_broker() {
     assert!(!success);
     assert!(stderr.contains("404 Object Not Found"), "{stderr}");
 
-    let names = ok(&broker, &["list_connections", "name"]).await;
-    let name = names.lines().nth(1).expect("one connection").to_owned();
-    let mut events = conn.events_listener();
-    ok(&broker, &["close_connection", &name, "go away"]).await;
-    let error = loop {
-        if let lapin::Event::Error(e) = events.next().await.expect("an event") {
-            break e.to_string();
-        }
+    let second = Connection::connect(
+        &broker.amqp_url(),
+        ConnectionProperties::default().with_connection_name(LongString::from("second".to_owned())),
+    )
+    .await
+    .unwrap();
+    let listed = ok(&broker, &["list_connections", "user_provided_name", "name"]).await;
+    let name_of = |client: &str| {
+        listed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{client}\t")))
+            .unwrap_or_else(|| panic!("{client} not in {listed}"))
+            .to_owned()
     };
-    assert!(error.contains("CONNECTION_FORCED"), "{error}");
-    assert!(error.contains("go away"), "{error}");
+    // With a reason, and without one (RabbitMQ's default text).
+    for (client, connection, reason) in [
+        ("ctl-client", &conn, Some("go away")),
+        ("second", &second, None),
+    ] {
+        let mut events = connection.events_listener();
+        let name = name_of(client);
+        let mut args = vec!["close_connection", name.as_str()];
+        args.extend(reason);
+        ok(&broker, &args).await;
+        let error = loop {
+            if let lapin::Event::Error(e) = events.next().await.expect("an event") {
+                break e.to_string();
+            }
+        };
+        assert!(error.contains("CONNECTION_FORCED"), "{error}");
+        let expected = reason.unwrap_or("Closed via management plugin");
+        assert!(error.contains(expected), "{error}");
+    }
     broker.shutdown().await.unwrap();
 }
 

@@ -584,6 +584,10 @@ async fn exchanges_and_bindings_match_lapin_and_can_be_made_through_the_api() {
     assert_eq!(made["routing_key"], "a.*");
     assert_eq!(made["properties_key"], "a.%2A");
     assert_eq!(
+        &api.get("/api/bindings/%2F/e/mgmt-x/q/bound-q/a.%2A").await,
+        made
+    );
+    assert_eq!(
         api.get("/api/exchanges/%2F/mgmt-x/bindings/source").await,
         json!([made])
     );
@@ -698,6 +702,7 @@ async fn connections_channels_and_consumers_match_lapin_and_close_with_the_reaso
         .await
         .unwrap();
     let quiet = conn.create_channel().await.unwrap();
+    quiet.tx_select().await.unwrap();
 
     let conns = api.get("/api/connections").await;
     assert_eq!(conns.as_array().unwrap().len(), 1);
@@ -738,11 +743,13 @@ async fn connections_channels_and_consumers_match_lapin_and_close_with_the_reaso
     assert_eq!(busy["consumer_count"], 1);
     assert_eq!(busy["prefetch_count"], 7);
     assert_eq!(busy["confirm"], true);
+    assert_eq!(busy["transactional"], false);
     assert_eq!(busy["messages_unacknowledged"], 0);
     let idle = by_number(quiet.id());
     assert_eq!(idle["consumer_count"], 0);
     assert_eq!(idle["prefetch_count"], 0);
     assert_eq!(idle["confirm"], false);
+    assert_eq!(idle["transactional"], true);
 
     let consumers = api.get("/api/consumers").await;
     assert_eq!(&api.get("/api/consumers/%2F").await, &consumers);
@@ -900,6 +907,22 @@ async fn get_with_reject_dead_letters_and_queue_kinds_show() {
     .unwrap();
     assert_eq!(api.get("/api/queues/%2F/quorum-q").await["type"], "quorum");
     assert_eq!(api.get("/api/queues/%2F/excl-q").await["exclusive"], true);
+    // Another connection's exclusive queue is locked to the API, as to any other connection.
+    let locked = "cannot obtain exclusive access to locked queue 'excl-q' in vhost '/'";
+    for (method, path, body) in [
+        (Method::DELETE, "/api/queues/%2F/excl-q", None),
+        (Method::DELETE, "/api/queues/%2F/excl-q/contents", None),
+        (
+            Method::POST,
+            "/api/queues/%2F/excl-q/get",
+            Some(json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"})),
+        ),
+    ] {
+        let (status, err) = api.call(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
+        assert!(err["reason"].as_str().unwrap().contains(locked), "{err}");
+    }
+    assert_eq!(api.get("/api/queues/%2F/excl-q").await["name"], "excl-q");
 
     let body = json!({"properties": {}, "routing_key": "dl-src", "payload": "bad", "payload_encoding": "string"});
     api.call(

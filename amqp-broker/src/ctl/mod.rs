@@ -53,7 +53,7 @@ enum Command {
     /// Closes a connection (named as list_connections shows it) with 320 CONNECTION_FORCED.
     CloseConnection {
         name: String,
-        /// The reason the client is told.
+        /// The reason the client is told (default: "Closed via management plugin").
         reason: Option<String>,
     },
     /// Drops a queue's ready messages.
@@ -110,10 +110,11 @@ impl Ctl {
                 self.print(&list, columns, &defaults, |row, c| row.get(c).cloned());
             }
             Command::CloseConnection { name, reason } => {
-                let reason = reason.as_deref().unwrap_or("Closed via ctl");
-                eprintln!("Closing connection {name}, reason: {reason} ...");
+                eprintln!("Closing connection {name} ...");
                 let path = format!("/api/connections/{}", segment(name));
-                call(&client, "DELETE", &path, &[("X-Reason", reason)]).await?;
+                // Without a reason the broker says "Closed via management plugin".
+                let headers: Vec<_> = reason.iter().map(|r| ("X-Reason", r.as_str())).collect();
+                call(&client, "DELETE", &path, &headers).await?;
             }
             Command::PurgeQueue { name } => {
                 eprintln!("Purging queue '{name}' in vhost '{}' ...", self.vhost);

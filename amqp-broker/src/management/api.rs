@@ -23,20 +23,20 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 /// Ready and unacknowledged messages of a vhost's queues.
 #[derive(Default)]
 struct Totals {
-    ready: usize,
-    unacked: usize,
-    consumers: usize,
-    queues: usize,
+    ready: u64,
+    unacked: u64,
+    consumers: u64,
+    queues: u64,
 }
 
 impl Totals {
     fn of(vhost: &Vhost) -> Self {
         let mut t = Totals::default();
         for q in vhost.queues() {
-            let s = q.snapshot();
-            t.ready += s.ready;
-            t.unacked += s.unacked;
-            t.consumers += s.consumers.len();
+            let d = q.depth();
+            t.ready += d.ready;
+            t.unacked += d.unacked;
+            t.consumers += d.consumers;
             t.queues += 1;
         }
         t

@@ -143,7 +143,7 @@ fn consumers(
             continue;
         }
         for q in v.queues() {
-            for c in q.snapshot().consumers {
+            for c in q.consumers() {
                 out.push((v.name.clone(), q.name.to_string(), c));
             }
         }
@@ -168,6 +168,7 @@ fn channel_json(c: &ConnectionSnapshot, ch: &ChannelView, consumer_count: usize)
         "prefetch_count": ch.consumer_prefetch.load(Ordering::Relaxed),
         "global_prefetch_count": ch.credit.limit(),
         "confirm": ch.confirm.load(Ordering::Relaxed),
+        "transactional": ch.transactional.load(Ordering::Relaxed),
         "state": "running",
         "node": NODE,
     })

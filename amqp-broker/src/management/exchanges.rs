@@ -10,7 +10,7 @@ use amq_protocol::types::ShortString;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -87,18 +87,74 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// The `properties_key` that names a binding in paths: `~` for an empty key without
-/// arguments, the encoded routing key, and with arguments `key~hash` (RabbitMQ's shape; the
-/// hash is this broker's own).
+/// A routing key or hash as RabbitMQ quotes it in a `properties_key`: letters, digits and
+/// `.-_` as they are, a space as `+`, everything else (`~` included) as `%XX`.
+fn quote_binding(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Undoes [`quote_binding`] (and any other percent-encoding of the same text); a `%` not
+/// followed by two hex digits stays as it is.
+fn unquote_binding(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = || {
+            let digits = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            u8::from_str_radix(digits, 16).ok()
+        };
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if hex().is_some() => {
+                out.extend(hex());
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The hash naming a binding's arguments in its `properties_key` (RabbitMQ's shape, this
+/// broker's own hash).
+fn arguments_hash(b: &Binding) -> String {
+    let mut h = DefaultHasher::new();
+    json::table(&b.arguments).to_string().hash(&mut h);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finish().to_be_bytes())
+}
+
+/// The `properties_key` that names a binding in paths, as RabbitMQ packs it: `~` for an empty
+/// key without arguments, the quoted routing key, and with arguments `key~hash`.
 fn properties_key(b: &Binding) -> String {
-    let key = percent_encode(b.routing_key.as_str());
+    let key = quote_binding(b.routing_key.as_str());
     if b.arguments.inner().is_empty() {
         return if key.is_empty() { "~".into() } else { key };
     }
-    let mut h = DefaultHasher::new();
-    json::table(&b.arguments).to_string().hash(&mut h);
-    let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finish().to_be_bytes());
-    format!("{key}~{hash}")
+    format!("{key}~{}", quote_binding(&arguments_hash(b)))
+}
+
+/// Whether `raw` (a path's last segment, still encoded) names binding `b`: split at its first
+/// literal `~` into the routing key and the arguments' hash, each unquoted, as RabbitMQ
+/// unpacks it.
+fn names_binding(raw: &str, b: &Binding) -> bool {
+    let (key, hash) = match raw.split_once('~') {
+        Some((key, hash)) => (unquote_binding(key), Some(unquote_binding(hash))),
+        None => (unquote_binding(raw), None),
+    };
+    let hash = hash.filter(|h| !h.is_empty());
+    key == b.routing_key.as_str()
+        && match hash {
+            None => b.arguments.inner().is_empty(),
+            Some(h) => !b.arguments.inner().is_empty() && h == arguments_hash(b),
+        }
 }
 
 /// A binding in RabbitMQ's JSON shape.
@@ -127,7 +183,7 @@ pub(super) fn default_binding_json(vhost: &str, queue: &str) -> Value {
         "destination_type": "queue",
         "routing_key": queue,
         "arguments": {},
-        "properties_key": percent_encode(queue),
+        "properties_key": if queue.is_empty() { "~".to_owned() } else { quote_binding(queue) },
     })
 }
 
@@ -453,19 +509,23 @@ async fn bind(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
-/// The binding between the two ends whose `properties_key` is `props` (404 if none).
+/// The binding between the two ends that the request path's last segment (its
+/// `properties_key`, read undecoded so that an encoded `~` stays apart from the separator)
+/// names; 404 if none.
 fn binding_named(
     shared: &Shared,
     user: &AuthUser,
     path: &(String, String, String, String, String),
+    uri: &Uri,
 ) -> Result<(Arc<Vhost>, String, Binding), ApiError> {
-    let (vhost, source, kind, dest, props) = path;
+    let (vhost, source, kind, dest, _) = path;
     let ends = (vhost.clone(), source.clone(), kind.clone(), dest.clone());
     let (v, x, destination) = binding_ends(shared, user, &ends)?;
+    let raw = uri.path().rsplit('/').next().unwrap_or_default();
     let b = x
         .bindings
         .into_iter()
-        .find(|b| b.destination == destination && properties_key(b) == *props)
+        .find(|b| b.destination == destination && names_binding(raw, b))
         .ok_or_else(not_found)?;
     Ok((v, x.name, b))
 }
@@ -475,8 +535,9 @@ async fn binding_show(
     State(shared): State<Arc<Shared>>,
     Extension(user): Extension<AuthUser>,
     Path(path): Path<(String, String, String, String, String)>,
+    uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
-    let (v, source, b) = binding_named(&shared, &user, &path)?;
+    let (v, source, b) = binding_named(&shared, &user, &path, &uri)?;
     Ok(Json(binding_json(&v.name, &source, &b)))
 }
 
@@ -485,8 +546,9 @@ async fn unbind(
     State(shared): State<Arc<Shared>>,
     Extension(user): Extension<AuthUser>,
     Path(path): Path<(String, String, String, String, String)>,
+    uri: Uri,
 ) -> Result<StatusCode, ApiError> {
-    let (v, source, b) = binding_named(&shared, &user, &path)?;
+    let (v, source, b) = binding_named(&shared, &user, &path, &uri)?;
     v.set_binding(
         false,
         &ShortString::from(source),
@@ -497,4 +559,46 @@ async fn unbind(
     )
     .map_err(amqp_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::{AMQPValue, FieldTable};
+
+    fn binding(key: &str, args: bool) -> Binding {
+        let mut arguments = FieldTable::default();
+        if args {
+            arguments.insert("x-match".into(), AMQPValue::LongString("all".into()));
+        }
+        Binding {
+            destination: Destination::Queue("q".into()),
+            routing_key: key.into(),
+            arguments,
+        }
+    }
+
+    #[test]
+    fn properties_keys_are_packed_and_unpacked_as_rabbitmq_does() {
+        assert_eq!(properties_key(&binding("", false)), "~");
+        assert_eq!(properties_key(&binding("a.*", false)), "a.%2A");
+        assert_eq!(properties_key(&binding("a b~c", false)), "a+b%7Ec");
+        for (key, args) in [
+            ("", false),
+            ("a.*", false),
+            ("a b~c", false),
+            ("~", false),
+            ("k", true),
+            ("", true),
+        ] {
+            let b = binding(key, args);
+            assert!(names_binding(&properties_key(&b), &b), "{key} {args}");
+        }
+        // An empty key is not a literal "~", and arguments must match.
+        assert!(!names_binding("~", &binding("~", false)));
+        assert!(!names_binding("k", &binding("k", true)));
+        assert!(!names_binding("k~nothash", &binding("k", true)));
+        // Clients may leave characters unencoded that RabbitMQ would encode.
+        assert!(names_binding("a.*", &binding("a.*", false)));
+    }
 }

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::exchanges::binding_json;
 use super::{
-    ApiError, AuthUser, NODE, Shared, amqp_error, bad_request, json, not_found, object_body,
-    query_flag, require_keys,
+    ApiError, AuthUser, NODE, Shared, amqp_error, bad_request, channel_error, json, not_found,
+    object_body, query_flag, require_keys,
 };
 use crate::dead_letter::Reason;
 use crate::queue::Queue;
@@ -44,7 +44,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 
 /// A queue in RabbitMQ's JSON shape.
 fn queue_json(shared: &Shared, vhost: &str, q: &Queue) -> Value {
-    let s = q.snapshot();
+    let d = q.depth();
     let key = format!("queue:{vhost}:{}", q.name);
     json!({
         "message_stats": shared.rates.message_stats(&key, q.stats()),
@@ -54,11 +54,12 @@ fn queue_json(shared: &Shared, vhost: &str, q: &Queue) -> Value {
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner.is_some(),
         "arguments": json::table(&q.arguments),
-        "messages": s.ready + s.unacked,
-        "messages_ready": s.ready,
-        "messages_unacknowledged": s.unacked,
-        "message_bytes_ready": s.ready_bytes,
-        "consumers": s.consumers.len(),
+        "messages": d.ready + d.unacked,
+        "messages_ready": d.ready,
+        "messages_unacknowledged": d.unacked,
+        "message_bytes_ready": d.ready_bytes,
+        "message_bytes_unacknowledged": d.unacked_bytes,
+        "consumers": d.consumers,
         "state": "running",
         "type": if q.policy.quorum { "quorum" } else { "classic" },
         "node": NODE,
@@ -161,25 +162,36 @@ async fn declare(
 }
 
 /// `DELETE /api/queues/{vhost}/{name}[?if-empty=true][&if-unused=true]`: 204, or 400 when a
-/// condition does not hold.
+/// condition does not hold or the queue is another connection's exclusive one.
 async fn delete(
     State(shared): State<Arc<Shared>>,
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
-    let vhost = shared.vhost_for(&user, &vhost)?;
+    let (vhost, q) = find(&shared, &user, &vhost, &name)?;
     let (if_unused, if_empty) = (
         query_flag(query.as_deref(), "if-unused"),
         query_flag(query.as_deref(), "if-empty"),
     );
-    match vhost
-        .delete_queue_by_operator(&name, if_unused, if_empty)
-        .map_err(amqp_error)?
-    {
-        Some(_) => Ok(StatusCode::NO_CONTENT),
-        None => Err(not_found()),
-    }
+    vhost
+        .delete_queue(&q.name, if_unused, if_empty, OPERATOR)
+        .map_err(amqp_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The queue a path names for `/contents` and `/get`, which RabbitMQ's API serves on a channel
+/// of its own: another connection's exclusive queue is locked to it (400 `405
+/// RESOURCE_LOCKED - ...`).
+fn find_usable(
+    shared: &Shared,
+    user: &AuthUser,
+    vhost: &str,
+    name: &str,
+) -> Result<(Arc<Vhost>, Arc<Queue>), ApiError> {
+    let (vhost, q) = find(shared, user, vhost, name)?;
+    let q = vhost.queue(&q.name, OPERATOR).map_err(channel_error)?;
+    Ok((vhost, q))
 }
 
 /// `DELETE /api/queues/{vhost}/{name}/contents`: drops the ready messages (204).
@@ -188,7 +200,7 @@ async fn purge(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (_, q) = find(&shared, &user, &vhost, &name)?;
+    let (_, q) = find_usable(&shared, &user, &vhost, &name)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -213,7 +225,7 @@ async fn get_messages(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let (vhost, q) = find(&shared, &user, &vhost, &name)?;
+    let (vhost, q) = find_usable(&shared, &user, &vhost, &name)?;
     let body = object_body(&body)?;
     require_keys(&body, &["ackmode", "count", "encoding"])?;
     let count = body["count"]

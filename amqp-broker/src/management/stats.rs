@@ -22,7 +22,15 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// The last sample of every object asked about, by key (`queue:/:name`, `vhost:/`).
 #[derive(Debug, Default)]
 pub(crate) struct Rates {
-    samples: Mutex<HashMap<String, Sample>>,
+    samples: Mutex<Samples>,
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    by_key: HashMap<String, Sample>,
+    /// When forgotten samples were last dropped (a sweep over all of them, so not on every
+    /// lookup: a listing of N queues looks up N keys).
+    swept_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -55,9 +63,18 @@ impl Rates {
 
     fn rates(&self, key: &str, stats: QueueStats, now: Instant) -> [f64; 4] {
         let mut samples = self.samples.lock();
-        samples.retain(|_, s| now.saturating_duration_since(s.at) < FORGET_AFTER);
-        let Some(last) = samples.get_mut(key) else {
-            samples.insert(
+        let samples = &mut *samples;
+        if samples
+            .swept_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= SAMPLE_INTERVAL)
+        {
+            samples
+                .by_key
+                .retain(|_, s| now.saturating_duration_since(s.at) < FORGET_AFTER);
+            samples.swept_at = Some(now);
+        }
+        let Some(last) = samples.by_key.get_mut(key) else {
+            samples.by_key.insert(
                 key.to_owned(),
                 Sample {
                     at: now,
@@ -123,6 +140,6 @@ mod tests {
             stats(5, 5),
             t0 + FORGET_AFTER + Duration::from_secs(11),
         );
-        assert!(!rates.samples.lock().contains_key("q"));
+        assert!(!rates.samples.lock().by_key.contains_key("q"));
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `AMQP_URL` | the broker, `amqp://user:pass@host:port/vhost` | unset: start the embedded broker |
+//! | `AMQP_URL` | the broker, `amqp://user:pass@host:port/vhost` (`amqps://` for TLS) | unset: start the embedded broker |
+//! | `AMQP_TLS_CA_FILE` | a CA certificate (PEM) trusted for `amqps://` besides the system's | unset: the system's trust store only |
 //! | `AMQP_PREFETCH` | prefetch for listeners that do not set one | 250 |
 //! | `AMQP_CONCURRENCY` | consumers per listener that does not set it | 1 |
 //! | `AMQP_LISTENERS` | comma-separated listener ids (or the last part of them) to run | all |
@@ -34,6 +35,8 @@ pub(crate) type Spy = Arc<dyn Fn(&ListenerDefinition, &Delivery, &Outcome) + Sen
 /// in code, then [`run`](App::run) (until Ctrl-C) or [`start`](App::start).
 pub struct App {
     url: Option<String>,
+    /// The CA file trusted for `amqps://` (see [`ConnectionFactory::tls_ca_file`]).
+    tls_ca_file: Option<std::path::PathBuf>,
     embedded: bool,
     connection_name: String,
     state: StateMap,
@@ -49,6 +52,7 @@ impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
             .field("url", &self.url.as_deref().map(hide_password))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("embedded", &self.embedded)
             .field("only", &self.only)
             .field("prefetch", &self.prefetch)
@@ -77,6 +81,7 @@ impl App {
             .unwrap_or_else(|| "amqp-core".into());
         Self {
             url: env("AMQP_URL"),
+            tls_ca_file: env("AMQP_TLS_CA_FILE").map(Into::into),
             embedded: false,
             connection_name: env("AMQP_CONNECTION_NAME").unwrap_or(program),
             state: StateMap::default(),
@@ -103,6 +108,14 @@ impl App {
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self.embedded = false;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in this PEM file for `amqps://` URLs (overrides
+    /// `AMQP_TLS_CA_FILE`); a file that cannot be read or holds no certificate fails
+    /// [`start`](App::start).
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
         self
     }
 
@@ -252,10 +265,11 @@ impl App {
                 ));
             }
         };
-        let conn = ConnectionFactory::new(&url)
-            .connection_name(&self.connection_name)
-            .connect()
-            .await?;
+        let mut factory = ConnectionFactory::new(&url).connection_name(&self.connection_name);
+        if let Some(path) = &self.tls_ca_file {
+            factory = factory.tls_ca_file(path)?;
+        }
+        let conn = factory.connect().await?;
         let idempotency = if definitions.iter().any(|d| d.idempotent) {
             Some(self.idempotency_for_listeners().await?)
         } else {

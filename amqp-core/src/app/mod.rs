@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::connection::{Connection, ConnectionFactory, hide_password};
 use crate::error::{Error, Result};
 use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
+use crate::health::{Health, HealthCheck};
 use crate::idempotent::Idempotency;
 use crate::listener::{Listener, ListenerHandle};
 use crate::template::Template;
@@ -288,6 +289,7 @@ impl App {
                 None => def.concurrency.unwrap_or(self.concurrency),
             };
             let mut listener = Listener::on(def.queue)
+                .id(def.id)
                 .prefetch(def.prefetch.unwrap_or(self.prefetch))
                 .concurrency(concurrency)
                 .ack_mode(def.ack)
@@ -378,6 +380,19 @@ impl RunningApp {
     /// The broker URL in use (the embedded broker's when it was started).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// A health check of the connection and every listener, to clone into an HTTP handler
+    /// (`GET /health`: [`Health`] serializes to JSON).
+    pub fn health_check(&self) -> HealthCheck {
+        self.handles
+            .iter()
+            .fold(HealthCheck::new(&self.conn), HealthCheck::listener)
+    }
+
+    /// The connection's and the listeners' state now (see [`health_check`](Self::health_check)).
+    pub fn health(&self) -> Health {
+        self.health_check().health()
     }
 
     /// The ids of the running listeners.

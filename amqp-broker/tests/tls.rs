@@ -78,7 +78,7 @@ impl Drop for Pki {
     }
 }
 
-/// lapin over amqps, trusting `ca_pem` (none: the system's trust store only).
+/// lapin over amqps, trusting `ca_pem` (none: Mozilla's root CAs only).
 async fn connect_tls(url: &str, ca_pem: Option<&str>) -> lapin::Result<Connection> {
     DefaultConnectionBuilder::new()?
         .with_uri_str(url.to_owned())

@@ -31,7 +31,7 @@ pub struct ConnectionFactory {
     unreachable_after: Duration,
     /// How delayed sends and retries wait in the broker.
     delay_mechanism: DelayMechanism,
-    /// CA certificates (PEM) trusted for `amqps://` besides the system's trust store: what a
+    /// CA certificates (PEM) trusted for `amqps://` besides Mozilla's root CAs: what a
     /// broker with a private or self-signed certificate needs.
     tls_ca_pem: Option<String>,
 }
@@ -95,7 +95,7 @@ impl ConnectionFactory {
     }
 
     /// Trusts the CA certificates in `pem` (one or more `CERTIFICATE` blocks) for `amqps://`
-    /// URLs, besides the system's trust store: for a broker whose certificate a private or
+    /// URLs, besides Mozilla's root CAs (built in): for a broker whose certificate a private or
     /// self-signed CA issued. Checked by [`connect`](Self::connect): PEM without a certificate
     /// is [`Error::Configuration`].
     pub fn tls_ca_pem(mut self, pem: impl Into<String>) -> Self {

@@ -8,7 +8,7 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `AMQP_URL` | the broker, `amqp://user:pass@host:port/vhost` (`amqps://` for TLS) | unset: start the embedded broker |
-//! | `AMQP_TLS_CA_FILE` | a CA certificate (PEM) trusted for `amqps://` besides the system's | unset: the system's trust store only |
+//! | `AMQP_TLS_CA_FILE` | CA certificates (PEM) trusted for `amqps://` besides Mozilla's root CAs | unset: Mozilla's root CAs only |
 //! | `AMQP_PREFETCH` | prefetch for listeners that do not set one | 250 |
 //! | `AMQP_CONCURRENCY` | consumers per listener that does not set it | 1 |
 //! | `AMQP_LISTENERS` | comma-separated listener ids (or the last part of them) to run | all |

@@ -439,37 +439,40 @@ impl Server {
         let slots = self.slots.clone();
         let mut connections = JoinSet::new();
         loop {
-            let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
-            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
             };
-            match accepted {
-                Ok((socket, peer)) => {
-                    let ctx = connection::Context {
-                        config: self.config.clone(),
-                        vhost: self.vhost.clone(),
-                        registry: self.registry.clone(),
-                        signal: self.signal.clone(),
-                    };
-                    let tls = tls.clone();
-                    connections.spawn(async move {
-                        match tls {
-                            None => connection::serve(socket, peer, ctx).await,
-                            Some(acceptor) => tls::serve(acceptor, socket, peer, ctx).await,
-                        }
-                        drop(permit);
-                    });
-                }
+            let (socket, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            }
+            };
+            // The slot is taken after accepting, not before: a listener waiting for clients must
+            // hold none, since the plain and TLS listeners share them. A client past the limit is
+            // held here, unanswered, until a connection closes.
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
+            };
+            let ctx = connection::Context {
+                config: self.config.clone(),
+                vhost: self.vhost.clone(),
+                registry: self.registry.clone(),
+                signal: self.signal.clone(),
+            };
+            let tls = tls.clone();
+            connections.spawn(async move {
+                match tls {
+                    None => connection::serve(socket, peer, ctx).await,
+                    Some(acceptor) => tls::serve(acceptor, socket, peer, ctx).await,
+                }
+                drop(permit);
+            });
             while connections.try_join_next().is_some() {}
         }
         drop(listener);

@@ -240,6 +240,36 @@ async fn plain_amqp_on_the_tls_port_is_closed_and_others_are_served() {
     broker.shutdown().await.unwrap();
 }
 
+/// `max_connections` counts both listeners: with the only slot taken by a plain client, a TLS
+/// client waits (unanswered, as on the plain port), and is served once the slot frees.
+#[tokio::test]
+async fn both_listeners_share_the_connection_limit() {
+    let pki = Pki::generate("limit");
+    let broker = Broker::builder()
+        .port(0)
+        .tls(&pki.cert, &pki.key)
+        .tls_port(0)
+        .max_connections(1)
+        .start()
+        .await
+        .unwrap();
+    let plain = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let url = broker.amqps_url().unwrap();
+    let ca = pki.ca_pem.clone();
+    let waiting = tokio::spawn(async move { connect_tls(&url, Some(&ca)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "no TLS connection while the only slot is taken"
+    );
+    plain.close(200, "bye".into()).await.unwrap();
+    let tls = waiting.await.unwrap().expect("served once the slot freed");
+    round_trip(&tls, 1).await;
+    broker.shutdown().await.unwrap();
+}
+
 /// The error of starting a broker with these files.
 async fn start_error(cert: &Path, key: &Path) -> String {
     let err = Broker::builder()

@@ -137,7 +137,9 @@ where
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     while let Some(batch) = rx.recv().await {
-        if wr.write_all(&batch).await.is_err() {
+        // A TLS stream may keep the tail of a batch in its buffer when the socket is full, until
+        // flushed; on a plain socket flushing is a no-op.
+        if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
             return;
         }
     }

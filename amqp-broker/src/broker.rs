@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, User};
+use crate::config::{Config, TlsFiles, User};
 use crate::connection;
 use crate::error::Error;
 use crate::management;
@@ -17,6 +17,7 @@ use crate::registry::{ConnectionInfo, Registry};
 use crate::store::io::FileStorage;
 use crate::store::lock::{DirLock, LockError};
 use crate::store::{Store, StoreOptions};
+use crate::tls;
 use crate::vhost::Vhost;
 
 /// Builds a [`Broker`]; every setting has RabbitMQ's default.
@@ -123,6 +124,28 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also serves AMQP over TLS (amqps) with this certificate chain and private key, both PEM
+    /// files read at [`BrokerBuilder::start`] (a missing or bad file is [`Error::Tls`]). The
+    /// port is 5671 unless [`BrokerBuilder::tls_port`] says otherwise; the plain port stays open.
+    pub fn tls(
+        mut self,
+        cert_chain_path: impl Into<std::path::PathBuf>,
+        key_path: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.config.tls = Some(TlsFiles {
+            cert_chain_path: cert_chain_path.into(),
+            key_path: key_path.into(),
+        });
+        self
+    }
+
+    /// The amqps port (default 5671; 0 picks a free one, read it back with
+    /// [`Broker::tls_port`]). Only used together with [`BrokerBuilder::tls`].
+    pub fn tls_port(mut self, port: u16) -> Self {
+        self.config.tls_port = port;
+        self
+    }
+
     /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -137,6 +160,17 @@ impl BrokerBuilder {
             .await
             .map_err(|source| Error::Bind { addr, source })?;
         let local_addr = listener.local_addr()?;
+        let tls_listener = match &self.config.tls {
+            Some(files) => {
+                let acceptor = tls::acceptor(files)?;
+                let addr = SocketAddr::new(self.config.bind, self.config.tls_port);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?;
+                Some((listener, acceptor))
+            }
+            None => None,
+        };
         let management_listener = match self.config.management_port {
             Some(port) => {
                 let addr = SocketAddr::new(self.config.bind, port);
@@ -185,8 +219,19 @@ impl BrokerBuilder {
             vhost: vhost.clone(),
             registry: registry.clone(),
             signal: shutdown_rx,
+            // One limit for both listeners, as RabbitMQ's connection_max.
+            slots: Arc::new(Semaphore::new(config.max_connections)),
         };
-        let task = tokio::spawn(server.run(listener));
+        let (tls_addr, tls_task) = match tls_listener {
+            Some((listener, acceptor)) => {
+                let addr = listener.local_addr()?;
+                let task = tokio::spawn(server.clone().run(listener, Some(acceptor)));
+                tracing::info!(%addr, "amqps (TLS) listening");
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
+        let task = tokio::spawn(server.run(listener, None));
         tracing::info!(%local_addr, "amqp-broker listening");
         let management_addr = match management_listener {
             Some(listener) => {
@@ -207,12 +252,14 @@ impl BrokerBuilder {
         };
         Ok(Broker {
             local_addr,
+            tls_addr,
             management_addr,
             config,
             vhost,
             registry,
             signal: shutdown_tx,
             task: Some(task),
+            tls_task,
         })
     }
 }
@@ -255,12 +302,16 @@ pub(crate) enum Signal {
 #[derive(Debug)]
 pub struct Broker {
     local_addr: SocketAddr,
+    /// Where amqps is served, if TLS is configured.
+    tls_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
     config: Arc<Config>,
     vhost: Arc<Vhost>,
     registry: Arc<Registry>,
     signal: watch::Sender<Signal>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The amqps accept loop, if TLS is configured.
+    tls_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Broker {
@@ -279,6 +330,20 @@ impl Broker {
         self.local_addr.port()
     }
 
+    /// The amqps port, if TLS is configured (the real one when started with port 0).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_addr.map(|a| a.port())
+    }
+
+    /// An `amqps://` URL like [`Broker::amqp_url`] for the TLS port, if TLS is configured:
+    /// `amqps://guest:guest@127.0.0.1:PORT/%2f` (the certificate must name that address, or
+    /// use a host name it names instead).
+    pub fn amqps_url(&self) -> Option<String> {
+        let (user, password) = self.first_user();
+        self.tls_addr
+            .map(|a| format!("amqps://{user}:{password}@{a}/%2f"))
+    }
+
     /// The port of the management HTTP API, if it is served.
     pub fn management_port(&self) -> Option<u16> {
         self.management_addr.map(|a| a.port())
@@ -292,13 +357,16 @@ impl Broker {
     /// A URL for the first configured user and the default vhost:
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
     pub fn amqp_url(&self) -> String {
-        let (user, password) = self
-            .config
+        let (user, password) = self.first_user();
+        format!("amqp://{user}:{password}@{}/%2f", self.local_addr)
+    }
+
+    fn first_user(&self) -> (&str, &str) {
+        self.config
             .users
             .first()
             .map(|u| (u.name.as_str(), u.password.as_str()))
-            .unwrap_or(("guest", "guest"));
-        format!("amqp://{user}:{password}@{}/%2f", self.local_addr)
+            .unwrap_or(("guest", "guest"))
     }
 
     /// The client connections being served.
@@ -333,7 +401,10 @@ impl Broker {
     /// Stops accepting, closes every connection (320 CONNECTION_FORCED) and waits for them to end.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.signal.send_replace(Signal::Shutdown);
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.tls_task.take()]
+            .into_iter()
+            .flatten()
+        {
             // The accept loop waits for its connections; a panic there is a bug, not a user error.
             if let Err(e) = task.await {
                 tracing::error!("accept loop failed: {e}");
@@ -354,45 +425,56 @@ impl Drop for Broker {
 }
 
 /// The accept loop: one task per connection, bounded by a semaphore.
+#[derive(Clone)]
 struct Server {
     config: Arc<Config>,
     vhost: Arc<Vhost>,
     registry: Arc<Registry>,
     signal: watch::Receiver<Signal>,
+    /// Connection slots ([`Config::max_connections`]), shared by the plain and TLS listeners.
+    slots: Arc<Semaphore>,
 }
 
 impl Server {
-    async fn run(mut self, listener: TcpListener) {
-        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+    /// Accepts on `listener` until shutdown; with `tls`, each client does a TLS handshake first.
+    async fn run(mut self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let slots = self.slots.clone();
         let mut connections = JoinSet::new();
         loop {
-            let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
-            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
             };
-            match accepted {
-                Ok((socket, peer)) => {
-                    let ctx = connection::Context {
-                        config: self.config.clone(),
-                        vhost: self.vhost.clone(),
-                        registry: self.registry.clone(),
-                        signal: self.signal.clone(),
-                    };
-                    connections.spawn(async move {
-                        connection::serve(socket, peer, ctx).await;
-                        drop(permit);
-                    });
-                }
+            let (socket, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            }
+            };
+            // The slot is taken after accepting, not before: a listener waiting for clients must
+            // hold none, since the plain and TLS listeners share them. A client past the limit is
+            // held here, unanswered, until a connection closes.
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = self.signal.wait_for(|s| *s == Signal::Shutdown) => break,
+            };
+            let ctx = connection::Context {
+                config: self.config.clone(),
+                vhost: self.vhost.clone(),
+                registry: self.registry.clone(),
+                signal: self.signal.clone(),
+            };
+            let tls = tls.clone();
+            connections.spawn(async move {
+                match tls {
+                    None => connection::serve(socket, peer, ctx).await,
+                    Some(acceptor) => tls::serve(acceptor, socket, peer, ctx).await,
+                }
+                drop(permit);
+            });
             while connections.try_join_next().is_some() {}
         }
         drop(listener);

@@ -21,6 +21,18 @@ impl User {
     }
 }
 
+/// The PEM files of the amqps listener's identity (see [`Config::tls`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate chain, leaf first (PEM, one or more `CERTIFICATE` blocks).
+    pub cert_chain_path: std::path::PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key_path: std::path::PathBuf,
+}
+
+/// RabbitMQ's amqps port, the default of [`Config::tls_port`].
+pub const DEFAULT_TLS_PORT: u16 = 5671;
+
 /// The default of [`Config::queue_memory_budget_bytes`]: a queue of 1 KiB messages keeps about
 /// 10,000 of them in memory, enough readahead for fast consumers; two million more cost 48 MiB
 /// of index.
@@ -69,6 +81,12 @@ pub struct Config {
     /// picks a free port (read it back with [`crate::Broker::management_port`]). It listens on
     /// [`Config::bind`], like the AMQP port.
     pub management_port: Option<u16>,
+    /// Serves AMQP over TLS (amqps) on [`Config::tls_port`] as well, with this certificate and
+    /// key; `None` serves plain AMQP only. Both listeners share [`Config::max_connections`].
+    pub tls: Option<TlsFiles>,
+    /// The amqps port (RabbitMQ's is 5671); 0 picks a free one (read it back with
+    /// [`crate::Broker::tls_port`]). Used only with [`Config::tls`]; listens on [`Config::bind`].
+    pub tls_port: u16,
 }
 
 impl Default for Config {
@@ -88,6 +106,8 @@ impl Default for Config {
             memory_high_watermark_bytes: crate::memory::default_high_watermark_bytes(),
             queue_memory_budget_bytes: DEFAULT_QUEUE_MEMORY_BUDGET_BYTES,
             management_port: None,
+            tls: None,
+            tls_port: DEFAULT_TLS_PORT,
         }
     }
 }

@@ -14,9 +14,8 @@ use std::time::Duration;
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -49,11 +48,34 @@ const OUTBOUND_BATCH: usize = 256;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one client until it leaves, misbehaves, or the broker shuts down.
+/// Serves one plain TCP client until it leaves, misbehaves, or the broker shuts down.
 pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
     let _ = socket.set_nodelay(true);
     let local = socket.local_addr().ok();
+    // Owned halves: no lock between the reading task and the writer.
     let (rd, wr) = socket.into_split();
+    serve_halves(rd, wr, peer, local, ctx).await;
+}
+
+/// Serves one client over TLS (see [`crate::tls`]), once its TLS handshake is done.
+pub(crate) async fn serve_tls(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    ctx: Context,
+) {
+    // A TLS session cannot be split into owned halves; `split` shares it behind a lock that
+    // each read or write holds only while it polls.
+    let local = stream.get_ref().0.local_addr().ok();
+    let (rd, wr) = tokio::io::split(stream);
+    serve_halves(rd, wr, peer, local, ctx).await;
+}
+
+/// The connection over any byte stream: reading and state here, writing in a companion task.
+async fn serve_halves<R, W>(rd: R, wr: W, peer: SocketAddr, local: Option<SocketAddr>, ctx: Context)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (write_tx, write_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(wr, write_rx));
     let mut reader = Reader {
@@ -125,9 +147,11 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     while let Some(batch) = rx.recv().await {
-        if wr.write_all(&batch).await.is_err() {
+        // A TLS stream may keep the tail of a batch in its buffer when the socket is full, until
+        // flushed; on a plain socket flushing is a no-op.
+        if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
             return;
         }
     }
@@ -141,12 +165,12 @@ fn flush(out: &mut FrameWriter, write_tx: &mpsc::UnboundedSender<Vec<u8>>) {
 }
 
 /// The read half with its buffer.
-struct Reader {
-    rd: OwnedReadHalf,
+struct Reader<R> {
+    rd: R,
     buf: BytesMut,
 }
 
-impl Reader {
+impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next frame; `Ok(None)` at a clean end of stream.
     async fn frame(&mut self, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
         loop {
@@ -207,7 +231,7 @@ struct Tuned {
 /// failed authentication from a client that cannot take a close). `Err`: `connection.close` was
 /// written, and the client's close-ok is worth waiting for.
 async fn handshake(
-    reader: &mut Reader,
+    reader: &mut Reader<impl AsyncRead + Unpin>,
     out: &mut FrameWriter,
     write_tx: &mpsc::UnboundedSender<Vec<u8>>,
     config: &Config,
@@ -339,7 +363,7 @@ fn hang_up(why: &str) -> Result<Option<Tuned>, AmqpError> {
 
 /// The next frame during the handshake, heartbeats skipped; `None` at the end of the stream or
 /// on bytes that do not decode.
-async fn next_frame(reader: &mut Reader, frame_max: u32) -> Option<Frame> {
+async fn next_frame(reader: &mut Reader<impl AsyncRead + Unpin>, frame_max: u32) -> Option<Frame> {
     loop {
         match reader.frame(frame_max).await {
             Ok(Some(Frame::Heartbeat(0))) => {}
@@ -485,7 +509,7 @@ const LINGER: Duration = Duration::from_secs(5);
 impl Conn {
     async fn run(
         &mut self,
-        reader: &mut Reader,
+        reader: &mut Reader<impl AsyncRead + Unpin>,
         mut inbox: mpsc::UnboundedReceiver<Outbound>,
         close_requested: &CloseRequest,
     ) {

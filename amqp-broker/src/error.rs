@@ -35,6 +35,15 @@ pub enum Error {
         /// The process holding it, when it could be read from the lock file.
         pid: Option<u32>,
     },
+    /// The amqps listener's certificate or key could not be loaded (missing file, no PEM
+    /// block of the right kind, or a key that does not fit the certificate).
+    #[error("cannot load the TLS certificate or key from {}: {reason}", path.display())]
+    Tls {
+        /// The certificate or key file at fault.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),

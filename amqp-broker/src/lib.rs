@@ -19,6 +19,10 @@
 //! a durable `x-delayed-message` exchange are stored the same way. Only one broker at a time may
 //! use a data directory ([`Error::DataDirLocked`] names the process holding it).
 //!
+//! TLS: with [`BrokerBuilder::tls`] (the binary's `--tls-cert FILE --tls-key FILE`) the broker
+//! also serves amqps on [`BrokerBuilder::tls_port`] (5671 by default, as RabbitMQ), with the
+//! certificate chain and key read from PEM files at start.
+//!
 //! Flow control: once the message bodies the broker holds reach
 //! [`BrokerBuilder::memory_high_watermark_bytes`], connections that publish are blocked
 //! (`connection.blocked`, and their socket is not read) until consumers drain the queues.
@@ -48,9 +52,10 @@ mod metrics;
 mod queue;
 mod registry;
 mod store;
+mod tls;
 mod vhost;
 
 pub use broker::{Broker, BrokerBuilder};
-pub use config::{Config, DEFAULT_QUEUE_MEMORY_BUDGET_BYTES, User};
+pub use config::{Config, DEFAULT_QUEUE_MEMORY_BUDGET_BYTES, DEFAULT_TLS_PORT, TlsFiles, User};
 pub use error::Error;
 pub use registry::ConnectionInfo;

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use amqp_broker::{Broker, Config, User};
+use amqp_broker::{Broker, Config, TlsFiles, User};
 
 /// A lightweight AMQP 0-9-1 broker that speaks to unmodified RabbitMQ clients.
 #[derive(Debug, Parser)]
@@ -63,6 +63,15 @@ struct Args {
     /// Serve no management HTTP API.
     #[arg(long, conflicts_with = "management_port")]
     no_management: bool,
+    /// Also serve amqps (AMQP over TLS) with this certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// amqps port (0 picks a free one and logs it).
+    #[arg(long, default_value_t = amqp_broker::DEFAULT_TLS_PORT, requires = "tls_cert")]
+    tls_port: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,8 +128,18 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     }
     config.data_dir = args.data_dir;
+    if let (Some(cert_chain_path), Some(key_path)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsFiles {
+            cert_chain_path,
+            key_path,
+        });
+    }
+    config.tls_port = args.tls_port;
     let broker = Broker::builder().config(config).start().await?;
     tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());
+    if let Some(url) = broker.amqps_url() {
+        tracing::info!(port = broker.tls_port(), "ready (TLS): {url}");
+    }
     if let Some(url) = broker.management_url() {
         tracing::info!("management API: {url}/api/overview; Prometheus metrics: {url}/metrics");
     }

@@ -31,6 +31,9 @@ pub struct ConnectionFactory {
     unreachable_after: Duration,
     /// How delayed sends and retries wait in the broker.
     delay_mechanism: DelayMechanism,
+    /// CA certificates (PEM) trusted for `amqps://` besides Mozilla's root CAs: what a
+    /// broker with a private or self-signed certificate needs.
+    tls_ca_pem: Option<String>,
 }
 
 impl ConnectionFactory {
@@ -55,6 +58,7 @@ impl ConnectionFactory {
             max_backoff: Duration::from_secs(5),
             unreachable_after: Duration::from_secs(10),
             delay_mechanism: DelayMechanism::Auto,
+            tls_ca_pem: None,
         }
     }
 
@@ -92,9 +96,37 @@ impl ConnectionFactory {
         self
     }
 
+    /// Trusts the CA certificates in `pem` (one or more `CERTIFICATE` blocks) for `amqps://`
+    /// URLs, besides Mozilla's root CAs (built in): for a broker whose certificate a private or
+    /// self-signed CA issued. Checked by [`connect`](Self::connect): PEM without a certificate
+    /// is [`Error::Configuration`].
+    pub fn tls_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// [`tls_ca_pem`](Self::tls_ca_pem) read from a file (what `AMQP_TLS_CA_FILE` names for
+    /// [`crate::App`]); a file that cannot be read or holds no certificate is
+    /// [`Error::Configuration`] naming it.
+    pub fn tls_ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            Error::Configuration(format!(
+                "cannot read the TLS CA file {}: {e}",
+                path.display()
+            ))
+        })?;
+        check_ca_pem(&pem)
+            .map_err(|e| Error::Configuration(format!("TLS CA file {}: {e}", path.display())))?;
+        Ok(self.tls_ca_pem(pem))
+    }
+
     /// Connects, waiting up to [`unreachable_after`](Self::unreachable_after) for the first
     /// connection; from then on the connection recovers by itself until [`Connection::close`].
     pub async fn connect(self) -> Result<Connection> {
+        if let Some(pem) = &self.tls_ca_pem {
+            check_ca_pem(pem).map_err(|e| Error::Configuration(format!("TLS CA: {e}")))?;
+        }
         let (state, _) = watch::channel(Link::Connecting);
         let shared = Arc::new(Shared {
             state,
@@ -455,6 +487,20 @@ async fn wait_or_closed(shared: &Shared, d: Duration) -> bool {
     }
 }
 
+/// Whether `pem` holds at least one certificate and nothing malformed (lapin would skip what it
+/// cannot parse, and the connection would then fail with a less telling certificate error).
+fn check_ca_pem(pem: &str) -> std::result::Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block found".into());
+    }
+    Ok(())
+}
+
 /// Tries each address in turn; the error of the last one if none answers.
 pub(crate) async fn connect_any(
     factory: &ConnectionFactory,
@@ -463,11 +509,19 @@ pub(crate) async fn connect_any(
     for address in &factory.addresses {
         let props =
             ConnectionProperties::default().with_connection_name(factory.name.clone().into());
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(10),
-            lapin::Connection::connect(&factory.url(address), props),
-        )
-        .await;
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: factory.tls_ca_pem.clone(),
+        };
+        let connect = async {
+            lapin::DefaultConnectionBuilder::new()?
+                .with_uri_str(factory.url(address))
+                .with_properties(props)
+                .with_tls_config(tls)
+                .connect()
+                .await
+        };
+        let attempt = tokio::time::timeout(Duration::from_secs(10), connect).await;
         match attempt {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => last = format!("{}: {e}", hide_password(address)),
@@ -493,7 +547,26 @@ pub(crate) fn hide_password(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::hide_password;
+    use super::{check_ca_pem, hide_password};
+
+    #[test]
+    fn a_tls_ca_without_a_certificate_is_refused() {
+        assert_eq!(
+            check_ca_pem("not pem at all"),
+            Err("no CERTIFICATE block found".into())
+        );
+        let key_only = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        assert_eq!(
+            check_ca_pem(key_only),
+            Err("no CERTIFICATE block found".into())
+        );
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
+        assert!(
+            check_ca_pem(broken)
+                .unwrap_err()
+                .starts_with("not valid PEM")
+        );
+    }
 
     #[test]
     fn passwords_are_hidden_in_messages() {

@@ -28,6 +28,7 @@ mod declare;
 mod delay;
 mod error;
 mod extract;
+mod health;
 pub mod idempotent;
 mod listener;
 mod message;
@@ -53,6 +54,7 @@ pub use declare::{Binding, Declarable, Declarables, Exchange, ExchangeType, Queu
 pub use delay::DelayMechanism;
 pub use error::{Error, Result};
 pub use extract::{Delivery, FromDelivery, HandlerFn, IntoOutcome, Outcome, State, StateMap};
+pub use health::{Health, HealthCheck, ListenerHealth};
 pub use listener::{
     AckMode, Acker, Disposition, ErrorDisposition, Listener, ListenerBuilder, ListenerError,
     ListenerHandle,

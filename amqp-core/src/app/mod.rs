@@ -7,7 +7,8 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `AMQP_URL` | the broker, `amqp://user:pass@host:port/vhost`; for a cluster, its nodes comma-separated (tried in turn, at start and on every reconnection) | unset: start the embedded broker |
+//! | `AMQP_URL` | the broker, `amqp://user:pass@host:port/vhost` (`amqps://` for TLS); for a cluster, its nodes comma-separated (tried in turn, at start and on every reconnection) | unset: start the embedded broker |
+//! | `AMQP_TLS_CA_FILE` | CA certificates (PEM) trusted for `amqps://` besides Mozilla's root CAs | unset: Mozilla's root CAs only |
 //! | `AMQP_PREFETCH` | prefetch for listeners that do not set one | 250 |
 //! | `AMQP_CONCURRENCY` | consumers per listener that does not set it | 1 |
 //! | `AMQP_LISTENERS` | comma-separated listener ids (or the last part of them) to run | all |
@@ -22,6 +23,7 @@ use std::time::Duration;
 use crate::connection::{Connection, ConnectionFactory, hide_password};
 use crate::error::{Error, Result};
 use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
+use crate::health::{Health, HealthCheck};
 use crate::idempotent::Idempotency;
 use crate::listener::{Listener, ListenerHandle};
 use crate::template::Template;
@@ -34,6 +36,8 @@ pub(crate) type Spy = Arc<dyn Fn(&ListenerDefinition, &Delivery, &Outcome) + Sen
 /// in code, then [`run`](App::run) (until Ctrl-C) or [`start`](App::start).
 pub struct App {
     url: Option<String>,
+    /// The CA file trusted for `amqps://` (see [`ConnectionFactory::tls_ca_file`]).
+    tls_ca_file: Option<std::path::PathBuf>,
     embedded: bool,
     connection_name: String,
     state: StateMap,
@@ -49,6 +53,7 @@ impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
             .field("url", &self.url.as_deref().map(hide_password))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("embedded", &self.embedded)
             .field("only", &self.only)
             .field("prefetch", &self.prefetch)
@@ -77,6 +82,7 @@ impl App {
             .unwrap_or_else(|| "amqp-core".into());
         Self {
             url: env("AMQP_URL"),
+            tls_ca_file: env("AMQP_TLS_CA_FILE").map(Into::into),
             embedded: false,
             connection_name: env("AMQP_CONNECTION_NAME").unwrap_or(program),
             state: StateMap::default(),
@@ -126,6 +132,14 @@ impl App {
     {
         let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
         self.url(urls.join(","))
+    }
+
+    /// Trusts the CA certificate(s) in this PEM file for `amqps://` URLs (overrides
+    /// `AMQP_TLS_CA_FILE`); a file that cannot be read or holds no certificate fails
+    /// [`start`](App::start).
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
     }
 
     /// Starts the embedded broker even if `AMQP_URL` is set (tests use this).
@@ -280,10 +294,12 @@ impl App {
                 "AMQP_URL (or App::url) lists no address: '{url}'"
             )));
         }
-        let conn = ConnectionFactory::with_addresses(addresses)
-            .connection_name(&self.connection_name)
-            .connect()
-            .await?;
+        let mut factory =
+            ConnectionFactory::with_addresses(addresses).connection_name(&self.connection_name);
+        if let Some(path) = &self.tls_ca_file {
+            factory = factory.tls_ca_file(path)?;
+        }
+        let conn = factory.connect().await?;
         let idempotency = if definitions.iter().any(|d| d.idempotent) {
             Some(self.idempotency_for_listeners().await?)
         } else {
@@ -302,6 +318,7 @@ impl App {
                 None => def.concurrency.unwrap_or(self.concurrency),
             };
             let mut listener = Listener::on(def.queue)
+                .id(def.id)
                 .prefetch(def.prefetch.unwrap_or(self.prefetch))
                 .concurrency(concurrency)
                 .ack_mode(def.ack)
@@ -406,6 +423,19 @@ impl RunningApp {
     /// addresses as configured, comma-separated.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// A health check of the connection and every listener, to clone into an HTTP handler
+    /// (`GET /health`: [`Health`] serializes to JSON).
+    pub fn health_check(&self) -> HealthCheck {
+        self.handles
+            .iter()
+            .fold(HealthCheck::new(&self.conn), HealthCheck::listener)
+    }
+
+    /// The connection's and the listeners' state now (see [`health_check`](Self::health_check)).
+    pub fn health(&self) -> Health {
+        self.health_check().health()
     }
 
     /// The ids of the running listeners.

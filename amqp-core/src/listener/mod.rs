@@ -20,6 +20,7 @@
 //! and give up per-consumer ordering.)
 
 mod handler;
+pub(crate) mod metrics;
 mod retry;
 mod worker;
 
@@ -38,6 +39,7 @@ use crate::converter::{JsonConverter, MessageConverter};
 use crate::declare::Queue;
 use crate::error::Result;
 use crate::extract::{HandlerFn, StateMap};
+use crate::health::{ListenerHealth, ListenerStatus};
 use crate::idempotent::Idempotency;
 use crate::message::Metadata;
 use crate::rate::{Rate, TokenBucket};
@@ -59,6 +61,8 @@ pub enum AckMode {
 #[derive(Debug)]
 pub struct ListenerBuilder<C = JsonConverter> {
     queue: String,
+    /// The name in metrics and health checks; the queue's when not given.
+    id: Option<String>,
     prefetch: u16,
     concurrency: usize,
     ack_mode: AckMode,
@@ -125,6 +129,7 @@ impl Listener<JsonConverter> {
     pub fn on(queue: impl Into<String>) -> ListenerBuilder<JsonConverter> {
         ListenerBuilder {
             queue: queue.into(),
+            id: None,
             prefetch: 250,
             concurrency: 1,
             ack_mode: AckMode::Auto,
@@ -142,6 +147,13 @@ impl Listener<JsonConverter> {
 }
 
 impl<C: MessageConverter + Clone> ListenerBuilder<C> {
+    /// The listener's name in metrics (the `listener` label) and health checks (default: the
+    /// queue's name; `App` uses the `#[rabbit_listener]` function's path).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
     /// How many unacknowledged messages each consumer may hold (0: unlimited).
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch;
@@ -170,6 +182,7 @@ impl<C: MessageConverter + Clone> ListenerBuilder<C> {
     pub fn converter<C2: MessageConverter + Clone>(self, converter: C2) -> ListenerBuilder<C2> {
         ListenerBuilder {
             queue: self.queue,
+            id: self.id,
             prefetch: self.prefetch,
             concurrency: self.concurrency,
             ack_mode: self.ack_mode,
@@ -365,10 +378,22 @@ impl<C: MessageConverter + Clone> Listener<C> {
             .circuit_breaker
             .map(|b| Arc::new(Breaker::new(b)));
         let consumers = queues.len() * self.settings.concurrency;
+        let id = self
+            .settings
+            .id
+            .clone()
+            .unwrap_or_else(|| self.settings.queue.clone());
+        let status = Arc::new(ListenerStatus::new(
+            id.clone(),
+            self.settings.queue.clone(),
+            consumers,
+        ));
         let mut workers = Vec::with_capacity(consumers);
         let mut ready = Vec::with_capacity(consumers);
         for queue in queues {
             let ctx = Arc::new(worker::Context {
+                metrics: metrics::ListenerMetrics::new(&id, &queue),
+                status: status.clone(),
                 queue,
                 prefetch: self.settings.prefetch,
                 ack_mode: self.settings.ack_mode,
@@ -392,6 +417,7 @@ impl<C: MessageConverter + Clone> Listener<C> {
             stop: stop_tx,
             workers,
             shutdown_timeout: self.settings.shutdown_timeout,
+            status,
         };
         for rx in ready {
             let outcome = rx.await.unwrap_or(Err(crate::Error::Closed));
@@ -430,12 +456,24 @@ pub struct ListenerHandle {
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
+    /// How many consumers are subscribed (see [`crate::HealthCheck`]).
+    status: Arc<ListenerStatus>,
 }
 
 impl ListenerHandle {
     /// The queue this listener consumes.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// Whether every consumer is subscribed now (false while the connection recovers, or while
+    /// a circuit breaker holds it paused).
+    pub fn health(&self) -> ListenerHealth {
+        self.status.health()
+    }
+
+    pub(crate) fn status(&self) -> Arc<ListenerStatus> {
+        self.status.clone()
     }
 
     /// Stops consuming, lets in-flight handlers finish (up to the shutdown timeout) and ack, then

@@ -13,6 +13,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use super::handler::{Disposition, ListenerError};
+use super::metrics::Fate;
 use super::worker::Context;
 use crate::delay::Target;
 use crate::message::Message;
@@ -61,14 +62,15 @@ impl Failure {
 }
 
 /// Re-publishes a failed delivery for another attempt or to the dlq, then acks it. Returns the
-/// outcome's label for the delivery's span.
+/// outcome's label for the delivery's span, and its fate for the metrics (a delivery whose
+/// re-publish failed is requeued: another attempt).
 pub(crate) async fn settle(
     ctx: &Context,
     policy: &Retry,
     acker: lapin::Acker,
     failed: Failed,
     failure: Failure,
-) -> &'static str {
+) -> (&'static str, Fate) {
     let mut headers = failed.properties.headers().clone().unwrap_or_default();
     let attempts = attempts_of(Some(&headers)).saturating_add(1);
     set(
@@ -91,22 +93,21 @@ pub(crate) async fn settle(
         );
     }
     let spent = attempts >= policy.max_attempts();
-    let (label, published) = if failure.permanent || spent {
+    let (label, fate, published) = if failure.permanent || spent {
         set(&mut headers, EXCEPTION_MESSAGE_HEADER, text(&failure.text));
         set(&mut headers, EXCEPTION_TYPE_HEADER, text(failure.type_name));
         let dlq = dead_letter_queue(&ctx.queue);
         tracing::warn!(queue = %ctx.queue, attempts, "to {dlq}: {}", failure.text);
         let message = message(failed, headers);
-        ("dead-lettered", ctx.replies.send("", &dlq, message).await)
+        let published = ctx.replies.send("", &dlq, message).await;
+        ("dead-lettered", Fate::DeadLettered, published)
     } else {
         let delay = policy.delay_after(attempts);
         tracing::info!(queue = %ctx.queue, attempts, "failed, retrying in {delay:?}: {}", failure.text);
         let target = Target::Retry { queue: &ctx.queue };
         let message = message(failed, headers);
-        (
-            "retried",
-            ctx.replies.send_via_delay(target, message, delay).await,
-        )
+        let published = ctx.replies.send_via_delay(target, message, delay).await;
+        ("retried", Fate::Retried, published)
     };
     match published {
         Ok(()) => {
@@ -114,7 +115,7 @@ pub(crate) async fn settle(
                 // Redelivered by the broker: a duplicate, never a loss.
                 tracing::warn!(queue = %ctx.queue, "acknowledgement after re-publishing failed: {e}");
             }
-            label
+            (label, fate)
         }
         Err(e) => {
             tracing::warn!(queue = %ctx.queue, "re-publishing a failed message failed, requeueing it in {REPUBLISH_FAILED_PAUSE:?}: {e}");
@@ -128,7 +129,7 @@ pub(crate) async fn settle(
                     tracing::debug!("requeue failed: {e}");
                 }
             });
-            "republish-failed"
+            ("republish-failed", Fate::Retried)
         }
     }
 }

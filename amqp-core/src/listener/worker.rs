@@ -15,11 +15,13 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::handler::Acker;
+use super::metrics::{Fate, ListenerMetrics};
 use super::{AckMode, retry};
 use crate::breaker::Breaker;
 use crate::connection::Connection;
 use crate::error::Result;
 use crate::extract::{Delivery, HandlerFn, Outcome, StateMap};
+use crate::health::ListenerStatus;
 use crate::idempotent::{self, Claim, Idempotency};
 use crate::message::{Message, Metadata};
 use crate::rate::TokenBucket;
@@ -45,6 +47,10 @@ pub(crate) struct Context {
     pub breaker: Option<Arc<Breaker>>,
     /// Failed deliveries are re-published with back-off, then go to `<queue>.dlq`.
     pub retry: Option<Retry>,
+    /// This queue's counters, gauge and histogram.
+    pub metrics: ListenerMetrics,
+    /// The listener's subscribed consumers, for health checks.
+    pub status: Arc<ListenerStatus>,
 }
 
 /// How one subscription ended.
@@ -99,7 +105,11 @@ pub(crate) async fn run(
             let _ = tx.send(Ok(()));
         }
         seen = generation;
-        match consume(&ctx, &channel, &mut consumer, &mut stop).await {
+        let ended = {
+            let _subscribed = ctx.status.subscribed();
+            consume(&ctx, &channel, &mut consumer, &mut stop).await
+        };
+        match ended {
             Ended::Stop => {
                 close(&channel, &consumer, "listener stopped").await;
                 return;
@@ -270,6 +280,7 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
     );
     async {
         let started = Instant::now();
+        let _in_flight = ctx.metrics.in_flight();
         let reply_to = meta.properties.reply_to().as_ref().map(|r| r.to_string());
         let correlation_id = meta.properties.correlation_id().clone();
         let message_id = meta.message_id().unwrap_or("").to_owned();
@@ -310,10 +321,12 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
         let kept_body = ctx.retry.is_some().then(|| d.data.clone());
         let delivery = Delivery { body: d.data, meta, state: ctx.state.clone(), template: ctx.replies.clone() };
         let call = (ctx.handler)(delivery);
+        let called = Instant::now();
         let outcome = match AssertUnwindSafe(call).catch_unwind().await {
             Ok(outcome) => outcome,
             Err(panic) => Outcome::Failed(super::ListenerError::from_panic(panic)),
         };
+        ctx.metrics.handler_ran(called.elapsed());
         // A reply goes out before the ack: if it cannot be sent, the request counts as failed.
         let outcome = match (outcome, reply_to) {
             (Outcome::Done(Some((body, content_type))), Some(reply_to)) => {
@@ -361,6 +374,11 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
             }
         }
         let mut label = label;
+        // Without container acks the outcome is all the metrics learn.
+        let mut fate = match &outcome {
+            Outcome::Done(_) => Fate::Handled,
+            _ => Fate::Failed,
+        };
         if ctx.ack_mode == AckMode::Auto {
             let retry = ctx.retry.as_ref().zip(kept_body);
             let failed = |body| retry::Failed {
@@ -372,19 +390,21 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
             let acked = match (outcome, retry) {
                 (Outcome::Done(_), _) => d.acker.ack(BasicAckOptions::default()).await,
                 (Outcome::Failed(e), _) if e.should_requeue() => {
+                    fate = Fate::Retried;
                     d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
                 }
                 (Outcome::Failed(_) | Outcome::Undecodable(_), None) => {
+                    fate = Fate::DeadLettered;
                     d.acker.reject(BasicRejectOptions { requeue: false }).await
                 }
                 (Outcome::Failed(e), Some((policy, body))) => {
                     let failure = retry::Failure::handler(&e);
-                    label = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
+                    (label, fate) = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
                     Ok(true)
                 }
                 (Outcome::Undecodable(e), Some((policy, body))) => {
                     let failure = retry::Failure::undecodable(&e);
-                    label = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
+                    (label, fate) = retry::settle(ctx, policy, d.acker, failed(body), failure).await;
                     Ok(true)
                 }
             };
@@ -393,6 +413,7 @@ async fn handle(ctx: &Context, d: lapin::message::Delivery) {
                 tracing::warn!(queue = %ctx.queue, message_id, "acknowledgement failed: {e}");
             }
         }
+        ctx.metrics.settled(fate);
         let span = tracing::Span::current();
         span.record("outcome", label);
         span.record("duration_ms", started.elapsed().as_millis() as u64);

@@ -14,6 +14,8 @@ use amq_protocol::protocol::{
 use amq_protocol::types::ShortString;
 use bytes::BytesMut;
 
+use crate::access::Grant;
+use crate::access::permission::{Kind, Op};
 use crate::codec::{FrameWriter, short};
 use crate::config::Config;
 use crate::dead_letter::Reason;
@@ -40,6 +42,8 @@ pub(crate) struct ConnIo<'a> {
     pub frame_max: u32,
     /// The authenticated user.
     pub user: &'a str,
+    /// What the user may do in the vhost (403 ACCESS_REFUSED otherwise).
+    pub grant: &'a Grant,
 }
 
 /// A message being received: `basic.publish`, then a content header, then body frames.
@@ -142,6 +146,10 @@ pub(crate) struct Channel {
     reply_address: Option<String>,
     /// The last queue declared here: an empty queue name in later methods means this one.
     last_queue: Option<ShortString>,
+    /// The last exchange this channel was allowed to publish to: publishing again there skips
+    /// the permission check, which keeps it off the hot path (RabbitMQ caches granted checks
+    /// per channel too, so a revoked permission applies to new channels).
+    publish_granted: Option<ShortString>,
 }
 
 impl Channel {
@@ -160,6 +168,7 @@ impl Channel {
             tx: None,
             reply_address: None,
             last_queue: None,
+            publish_granted: None,
         }
     }
 
@@ -333,6 +342,10 @@ impl Channel {
         use exchange::AMQPMethod as M;
         match m {
             M::Declare(d) => {
+                if !d.passive && !d.exchange.as_str().is_empty() {
+                    io.grant
+                        .check(Op::Configure, Kind::Exchange, d.exchange.as_str())?;
+                }
                 let flags = ExchangeFlags {
                     durable: d.durable,
                     auto_delete: d.auto_delete,
@@ -353,12 +366,15 @@ impl Channel {
                 }
             }
             M::Delete(d) => {
+                io.grant
+                    .check(Op::Configure, Kind::Exchange, d.exchange.as_str())?;
                 io.vhost.delete_exchange(&d.exchange, d.if_unused)?;
                 if !d.nowait {
                     self.reply(io, AMQPClass::Exchange(M::DeleteOk(exchange::DeleteOk {})));
                 }
             }
             M::Bind(b) => {
+                check_binding(io, Kind::Exchange, &b.destination, &b.source)?;
                 let dest = Destination::Exchange(b.destination);
                 io.vhost.set_binding(
                     true,
@@ -373,6 +389,7 @@ impl Channel {
                 }
             }
             M::Unbind(b) => {
+                check_binding(io, Kind::Exchange, &b.destination, &b.source)?;
                 let dest = Destination::Exchange(b.destination);
                 io.vhost.set_binding(
                     false,
@@ -442,9 +459,18 @@ impl Channel {
                     exclusive: d.exclusive,
                     auto_delete: d.auto_delete,
                 };
-                let (q, counts) =
-                    io.vhost
-                        .declare_queue(&name, d.passive, flags, &d.arguments, io.conn)?;
+                // RabbitMQ checks configure on the name the queue gets (a server-named one too).
+                let grant = io.grant;
+                let authorize =
+                    |name: &ShortString| grant.check(Op::Configure, Kind::Queue, name.as_str());
+                let (q, counts) = io.vhost.declare_queue_authorized(
+                    &name,
+                    d.passive,
+                    flags,
+                    &d.arguments,
+                    io.conn,
+                    &authorize,
+                )?;
                 self.last_queue = Some(q.name.clone());
                 if !d.nowait {
                     self.reply(
@@ -459,7 +485,9 @@ impl Channel {
             }
             M::Bind(b) => {
                 let key = self.binding_key(&b.queue, b.routing_key);
-                let dest = Destination::Queue(self.queue_name(b.queue)?);
+                let queue = self.queue_name(b.queue)?;
+                check_binding(io, Kind::Queue, &queue, &b.exchange)?;
+                let dest = Destination::Queue(queue);
                 io.vhost
                     .set_binding(true, &b.exchange, dest, &key, &b.arguments, io.conn)?;
                 if !b.nowait {
@@ -468,13 +496,17 @@ impl Channel {
             }
             M::Unbind(b) => {
                 let key = self.binding_key(&b.queue, b.routing_key);
-                let dest = Destination::Queue(self.queue_name(b.queue)?);
+                let queue = self.queue_name(b.queue)?;
+                check_binding(io, Kind::Queue, &queue, &b.exchange)?;
+                let dest = Destination::Queue(queue);
                 io.vhost
                     .set_binding(false, &b.exchange, dest, &key, &b.arguments, io.conn)?;
                 self.reply(io, AMQPClass::Queue(M::UnbindOk(queue::UnbindOk {})));
             }
             M::Purge(p) => {
-                let q = io.vhost.queue(&self.queue_name(p.queue)?, io.conn)?;
+                let name = self.queue_name(p.queue)?;
+                io.grant.check(Op::Read, Kind::Queue, name.as_str())?;
+                let q = io.vhost.queue(&name, io.conn)?;
                 let message_count = q.purge();
                 if !p.nowait {
                     self.reply(
@@ -485,6 +517,7 @@ impl Channel {
             }
             M::Delete(d) => {
                 let name = self.queue_name(d.queue)?;
+                io.grant.check(Op::Configure, Kind::Queue, name.as_str())?;
                 let message_count =
                     io.vhost
                         .delete_queue(&name, d.if_unused, d.if_empty, io.conn)?;
@@ -533,6 +566,11 @@ impl Channel {
             M::Publish(p) => {
                 if p.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                if self.publish_granted.as_ref() != Some(&p.exchange) {
+                    io.grant
+                        .check(Op::Write, Kind::Exchange, p.exchange.as_str())?;
+                    self.publish_granted = Some(p.exchange.clone());
                 }
                 self.content = Content::Header(p);
             }
@@ -624,7 +662,9 @@ impl Channel {
             self.reply_address = Some(io.vhost.register_reply_consumer(consumer.clone()));
             None
         } else {
-            Some(io.vhost.queue(&self.queue_name(c.queue)?, io.conn)?)
+            let name = self.queue_name(c.queue)?;
+            io.grant.check(Op::Read, Kind::Queue, name.as_str())?;
+            Some(io.vhost.queue(&name, io.conn)?)
         };
         if let Some(q) = &queue {
             q.add_consumer(consumer.clone(), &io.vhost.name)?;
@@ -675,7 +715,9 @@ impl Channel {
     }
 
     fn get(&mut self, io: &mut ConnIo<'_>, g: basic::Get) -> AmqpResult {
-        let q = io.vhost.queue(&self.queue_name(g.queue)?, io.conn)?;
+        let name = self.queue_name(g.queue)?;
+        io.grant.check(Op::Read, Kind::Queue, name.as_str())?;
+        let q = io.vhost.queue(&name, io.conn)?;
         let Some((entry, message_count)) = q.get(g.no_ack) else {
             let empty = basic::GetEmpty {};
             self.reply(io, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(empty)));
@@ -1134,6 +1176,18 @@ impl Channel {
 }
 
 /// 406 for a persistent message that durable queues cannot take: the store refuses writes.
+/// A binding (queue.bind/unbind, exchange.bind/unbind) needs write on its destination and read
+/// on its source exchange, checked in that order as RabbitMQ does.
+fn check_binding(
+    io: &ConnIo<'_>,
+    kind: Kind,
+    destination: &ShortString,
+    source: &ShortString,
+) -> AmqpResult {
+    io.grant.check(Op::Write, kind, destination.as_str())?;
+    io.grant.check(Op::Read, Kind::Exchange, source.as_str())
+}
+
 fn store_refuses(io: &ConnIo<'_>) -> AmqpError {
     let reason = io
         .vhost

@@ -35,6 +35,10 @@ pub enum Error {
         /// The process holding it, when it could be read from the lock file.
         pid: Option<u32>,
     },
+    /// Users, vhosts or permissions could not be loaded (`access.json` in the data directory,
+    /// or the definitions file), or a vhost's store could not be opened.
+    #[error("{0}")]
+    Access(String),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),

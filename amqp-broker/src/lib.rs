@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod broker;
 mod channel;
 mod codec;

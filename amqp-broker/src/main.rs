@@ -21,9 +21,19 @@ struct Args {
     /// at start. Without it everything lives in memory only.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-    /// A user as NAME:PASSWORD; repeat for more. Replaces the default guest:guest.
+    /// A user as NAME:PASSWORD (an administrator with full permissions on the vhost /);
+    /// repeat for more. Replaces the default guest:guest.
     #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
     users: Vec<User>,
+    /// Users who may connect from loopback addresses only, comma-separated (RabbitMQ's
+    /// loopback_users; default: guest). Give it without a value to let every user connect
+    /// from anywhere.
+    #[arg(long, value_name = "NAMES", num_args = 0..=1, value_delimiter = ',')]
+    loopback_users: Option<Vec<String>>,
+    /// A RabbitMQ definitions file (JSON, as `rabbitmqctl export_definitions` writes it) to
+    /// import at start: users, vhosts, permissions, exchanges, queues, bindings.
+    #[arg(long, value_name = "FILE")]
+    definitions: Option<std::path::PathBuf>,
     /// Largest message body accepted, in bytes.
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     max_message_bytes: u64,
@@ -82,6 +92,10 @@ async fn main() -> anyhow::Result<()> {
     if !args.users.is_empty() {
         config.users = args.users;
     }
+    if let Some(users) = args.loopback_users {
+        config.loopback_users = users.into_iter().filter(|u| !u.is_empty()).collect();
+    }
+    config.definitions_file = args.definitions;
     config.max_message_bytes = args.max_message_bytes;
     config.frame_max_bytes = args.frame_max.max(4096);
     config.heartbeat_secs = args.heartbeat;

@@ -1,13 +1,16 @@
 //! The management HTTP API: the commonly used subset of RabbitMQ's management plugin, on its own
 //! port, so tools and scripts written for RabbitMQ work against the bundled broker.
 //!
-//! Every route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
-//! missing or wrong `Authorization` header gets 401 with a `WWW-Authenticate` challenge).
+//! Every route needs HTTP basic auth with a broker user tagged `management`, `policymaker`,
+//! `monitoring` or `administrator` (as RabbitMQ's plugin does; a missing or wrong
+//! `Authorization` header, or a user without such a tag, gets 401 with a `WWW-Authenticate`
+//! challenge). Users, vhosts, permissions and definitions need `administrator` ([`access`]).
 //! Answers are JSON in RabbitMQ's shapes; errors are `{"error": ..., "reason": ...}` as there.
 //!
 //! The router is assembled from one module per area: [`api`] (overview and the objects);
 //! further areas add their own `routes()` and are merged in [`router`].
 
+mod access;
 mod api;
 
 use std::net::SocketAddr;
@@ -22,25 +25,25 @@ use base64::Engine as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::broker::Signal;
-use crate::config::Config;
 use crate::registry::Registry;
 use crate::vhost::Vhost;
 
 /// What every handler reads: the broker's parts, shared with the AMQP side.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub config: Arc<Config>,
-    pub vhost: Arc<Vhost>,
+    /// Users, vhosts and permissions.
+    pub access: Arc<Access>,
     pub registry: Arc<Registry>,
     /// The AMQP listener's address (reported in `/api/overview`'s `listeners`).
     pub amqp_addr: SocketAddr,
 }
 
 impl Shared {
-    /// Every virtual host, in name order. (One today: `/`.)
+    /// Every virtual host, in name order.
     pub fn vhosts(&self) -> Vec<Arc<Vhost>> {
-        vec![self.vhost.clone()]
+        self.access.vhosts()
     }
 }
 
@@ -48,6 +51,8 @@ impl Shared {
 #[derive(Clone, Debug)]
 pub(crate) struct AuthUser {
     pub name: String,
+    /// Tagged `administrator`: may manage users, vhosts, permissions and definitions.
+    pub administrator: bool,
 }
 
 /// Serves the API on `listener` until the broker shuts down.
@@ -72,26 +77,39 @@ pub(crate) async fn serve(
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(api::routes())
+        .merge(access::routes())
         .layer(middleware::from_fn_with_state(shared.clone(), require_user))
         .with_state(shared)
 }
 
-/// Basic auth against the broker's users, as RabbitMQ's management plugin.
+/// Basic auth against the broker's users, as RabbitMQ's management plugin: a user needs a
+/// management-capable tag ("Not management user" otherwise).
 async fn require_user(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
-    match basic_credentials(req.headers()) {
-        Some((name, password)) if shared.config.authenticate(&name, &password) => {
-            req.extensions_mut().insert(AuthUser { name });
+    let Some((name, password)) = basic_credentials(req.headers()) else {
+        return not_authorised("Login failed");
+    };
+    match shared.access.authenticate(&name, &password) {
+        Some(user) if user.is_management() => {
+            let administrator = user.is_administrator();
+            req.extensions_mut().insert(AuthUser {
+                name,
+                administrator,
+            });
             next.run(req).await
         }
-        _ => {
-            let mut response = error(StatusCode::UNAUTHORIZED, "not_authorised", "Login failed");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-            );
-            response
-        }
+        Some(_) => not_authorised("Not management user"),
+        None => not_authorised("Login failed"),
     }
+}
+
+/// 401 with RabbitMQ's challenge and `{"error": "not_authorised", "reason": reason}`.
+pub(crate) fn not_authorised(reason: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "not_authorised", reason);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+    );
+    response
 }
 
 /// `Authorization: Basic base64(name:password)`.

@@ -600,3 +600,237 @@ async fn guest_is_refused_from_a_non_loopback_address_bundled() {
     let _ = conn.close(200, "done".into()).await;
     open.shutdown().await.unwrap();
 }
+
+/// `GET`/`POST /api/definitions` on the bundled broker, as guest.
+async fn definitions(
+    broker: &amqp_broker::Broker,
+    upload: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    let url = format!("{}/api/definitions", broker.management_url().unwrap());
+    let client = reqwest::Client::new();
+    let request = match upload {
+        Some(doc) => client.post(&url).json(doc),
+        None => client.get(&url),
+    };
+    let response = request
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("HTTP");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.json().await.unwrap_or(serde_json::Value::Null)
+}
+
+/// Only what belongs to `f` (so nothing of other users of a shared RabbitMQ, guest's password
+/// least of all, is exported or imported).
+fn only(f: &Fixture, doc: &serde_json::Value) -> serde_json::Value {
+    let keep = |section: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        serde_json::Value::Array(
+            doc[section]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| pred(x))
+                .cloned()
+                .collect(),
+        )
+    };
+    let in_vhost = |x: &serde_json::Value| x["vhost"] == f.vhost.as_str();
+    serde_json::json!({
+        "rabbit_version": doc["rabbit_version"],
+        "users": keep("users", &|u| u["name"] == f.user.as_str()),
+        "vhosts": keep("vhosts", &|v| v["name"] == f.vhost.as_str()),
+        "permissions": keep("permissions", &|p| in_vhost(p) && p["user"] == f.user.as_str()),
+        "exchanges": keep("exchanges", &in_vhost),
+        "queues": keep("queues", &in_vhost),
+        "bindings": keep("bindings", &in_vhost),
+    })
+}
+
+/// Declares own.events (topic) → own.audit (fanout, exchange binding) → own.log, and
+/// own.orders bound to own.events by `order.*` with arguments, as `f.user` on `addr`.
+async fn declare_topology(f: &Fixture, addr: &str) {
+    let conn = Connection::connect(&f.url(addr), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "own.events".into(),
+        lapin::ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_declare(
+        "own.audit".into(),
+        lapin::ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-message-ttl".into(),
+        lapin::types::AMQPValue::LongLongInt(60_000),
+    );
+    let durable_q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("own.orders".into(), durable_q, args)
+        .await
+        .unwrap();
+    ch.queue_declare("own.log".into(), durable_q, FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        "own.orders".into(),
+        "own.events".into(),
+        "order.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "own.log".into(),
+        "own.audit".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_bind(
+        "own.audit".into(),
+        "own.events".into(),
+        "#".into(),
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// The topology of [`declare_topology`] routes as declared, for `f.user` on `addr`.
+async fn assert_topology_routes(f: &Fixture, addr: &str) {
+    let conn = within(
+        "connect",
+        Connection::connect(&f.url(addr), ConnectionProperties::default()),
+    )
+    .await
+    .expect("the user logs in with the moved password hash");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "own.events".into(),
+            "order.new".into(),
+            BasicPublishOptions::default(),
+            b"o1",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    within("confirm", confirm).await.unwrap();
+    for queue in ["own.orders", "own.log"] {
+        let got = within(
+            "get",
+            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            got.map(|m| m.delivery.data),
+            Some(b"o1".to_vec()),
+            "{queue}"
+        );
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Definitions exported by the bundled broker import into RabbitMQ (`rabbitmqctl
+/// import_definitions`), and RabbitMQ's export of them imports back into a fresh bundled broker;
+/// the user's password hash and the topology survive both trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_round_trip_rabbitmq() {
+    let Some(rabbit_addr) = rabbitmq_addr() else {
+        eprintln!(
+            "skipped: set {} to run this against RabbitMQ",
+            tests::RABBITMQ_URL_VAR
+        );
+        return;
+    };
+    let f = Fixture::new();
+    let broker = amqp_broker::Broker::builder()
+        .port(0)
+        .management_port(0)
+        .start()
+        .await
+        .unwrap();
+    let mut setup = f.definitions();
+    setup["permissions"][0]["configure"] = ".*".into();
+    setup["permissions"][0]["write"] = ".*".into();
+    setup["permissions"][0]["read"] = ".*".into();
+    setup["queues"] = serde_json::json!([]);
+    setup["exchanges"] = serde_json::json!([]);
+    definitions(&broker, Some(&setup)).await;
+    let bundled_addr = broker.local_addr().to_string();
+    declare_topology(&f, &bundled_addr).await;
+    let exported = only(&f, &definitions(&broker, None).await);
+    broker.shutdown().await.unwrap();
+    assert_eq!(
+        exported["queues"].as_array().unwrap().len(),
+        2,
+        "{exported}"
+    );
+
+    let file = std::env::temp_dir().join(format!("{}.json", unique("access-roundtrip")));
+    std::fs::write(&file, serde_json::to_vec(&exported).unwrap()).unwrap();
+    let outcome = tokio::spawn({
+        let (user, vhost, file) = (f.user.clone(), f.vhost.clone(), file.clone());
+        async move {
+            let f = Fixture { user, vhost };
+            rabbitmqctl(&["import_definitions", file.to_str().unwrap()]).await;
+            assert_topology_routes(&f, &rabbit_addr).await;
+            let back = file.with_extension("back.json");
+            rabbitmqctl(&["export_definitions", back.to_str().unwrap()]).await;
+            let from_rabbitmq: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&back).unwrap()).unwrap();
+            std::fs::remove_file(&back).unwrap();
+            only(&f, &from_rabbitmq)
+        }
+    })
+    .await;
+    rabbitmqctl(&["delete_vhost", &f.vhost]).await;
+    rabbitmqctl(&["delete_user", &f.user]).await;
+    std::fs::remove_file(&file).unwrap();
+    let from_rabbitmq = outcome.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    assert_eq!(
+        from_rabbitmq["users"][0]["password_hash"],
+        exported["users"][0]["password_hash"]
+    );
+
+    let fresh = amqp_broker::Broker::builder()
+        .port(0)
+        .management_port(0)
+        .start()
+        .await
+        .unwrap();
+    definitions(&fresh, Some(&from_rabbitmq)).await;
+    assert_topology_routes(&f, &fresh.local_addr().to_string()).await;
+    fresh.shutdown().await.unwrap();
+}

@@ -23,7 +23,7 @@ use crate::error::{AmqpError, AmqpResult, reply};
 use crate::exchange::{Destination, routing_keys};
 use crate::message::{Credit, Message, QueuedMessage};
 use crate::queue::{ConnId, Consumer, Delivery, Enqueued, Outbox, Queue};
-use crate::vhost::{ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
+use crate::vhost::{DeclareStep, ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
 
 /// What the channel handlers need from their connection.
 #[derive(Debug)]
@@ -345,6 +345,14 @@ impl Channel {
                 if !d.passive && !d.exchange.as_str().is_empty() {
                     io.grant
                         .check(Op::Configure, Kind::Exchange, d.exchange.as_str())?;
+                    // A new exchange's alternate exchange: read on it, write on the alternate.
+                    if let Some(alternate) = string_arg(&d.arguments, "alternate-exchange") {
+                        if !io.vhost.has_exchange(&d.exchange) {
+                            io.grant
+                                .check(Op::Read, Kind::Exchange, d.exchange.as_str())?;
+                            io.grant.check(Op::Write, Kind::Exchange, &alternate)?;
+                        }
+                    }
                 }
                 let flags = ExchangeFlags {
                     durable: d.durable,
@@ -459,10 +467,21 @@ impl Channel {
                     exclusive: d.exclusive,
                     auto_delete: d.auto_delete,
                 };
-                // RabbitMQ checks configure on the name the queue gets (a server-named one too).
+                // RabbitMQ checks configure on the name the queue gets (a server-named one too)
+                // and, for a new queue with a dead-letter exchange, read on the queue and write
+                // on that exchange.
                 let grant = io.grant;
-                let authorize =
-                    |name: &ShortString| grant.check(Op::Configure, Kind::Queue, name.as_str());
+                let dead_letter_exchange = string_arg(&d.arguments, "x-dead-letter-exchange");
+                let authorize = |name: &ShortString, step: DeclareStep| match step {
+                    DeclareStep::Named => grant.check(Op::Configure, Kind::Queue, name.as_str()),
+                    DeclareStep::Creating => match &dead_letter_exchange {
+                        Some(dlx) => {
+                            grant.check(Op::Read, Kind::Queue, name.as_str())?;
+                            grant.check(Op::Write, Kind::Exchange, dlx)
+                        }
+                        None => Ok(()),
+                    },
+                };
                 let (q, counts) = io.vhost.declare_queue_authorized(
                     &name,
                     d.passive,
@@ -1176,6 +1195,16 @@ impl Channel {
 }
 
 /// 406 for a persistent message that durable queues cannot take: the store refuses writes.
+/// A string argument (short or long string), as RabbitMQ reads exchange names from arguments.
+fn string_arg(arguments: &amq_protocol::types::FieldTable, key: &str) -> Option<String> {
+    use amq_protocol::types::AMQPValue;
+    match arguments.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 /// A binding (queue.bind/unbind, exchange.bind/unbind) needs write on its destination and read
 /// on its source exchange, checked in that order as RabbitMQ does.
 fn check_binding(

@@ -77,6 +77,15 @@ pub(crate) struct QueueFlags {
     pub auto_delete: bool,
 }
 
+/// Where [`Vhost::declare_queue_authorized`] is when it asks for a permission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeclareStep {
+    /// The queue's name is known (existing or not).
+    Named,
+    /// The queue does not exist and is about to be created.
+    Creating,
+}
+
 /// One virtual host.
 #[derive(Debug)]
 pub(crate) struct Vhost {
@@ -309,6 +318,11 @@ impl Vhost {
         self.save(&topo)
     }
 
+    /// Whether an exchange named `name` exists.
+    pub fn has_exchange(&self, name: &ShortString) -> bool {
+        self.topology.read().exchanges.contains_key(name)
+    }
+
     pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> AmqpResult {
         if name.as_str().is_empty() {
             return Err(AmqpError::access_refused(
@@ -521,11 +535,12 @@ impl Vhost {
         arguments: &FieldTable,
         conn: ConnId,
     ) -> AmqpResult<(Arc<Queue>, Counts)> {
-        self.declare_queue_authorized(name, passive, flags, arguments, conn, &|_| Ok(()))
+        self.declare_queue_authorized(name, passive, flags, arguments, conn, &|_, _| Ok(()))
     }
 
-    /// [`Vhost::declare_queue`], calling `authorize` with the queue's final name (generated for
-    /// an empty one) before anything happens, unless passive: a permission check.
+    /// [`Vhost::declare_queue`] with permission checks, unless passive: `authorize` is called
+    /// with the queue's final name (generated for an empty one) at [`DeclareStep::Named`],
+    /// before anything happens, and again at [`DeclareStep::Creating`] if the queue is new.
     pub fn declare_queue_authorized(
         &self,
         name: &ShortString,
@@ -533,7 +548,7 @@ impl Vhost {
         flags: QueueFlags,
         arguments: &FieldTable,
         conn: ConnId,
-        authorize: &dyn Fn(&ShortString) -> AmqpResult,
+        authorize: &dyn Fn(&ShortString, DeclareStep) -> AmqpResult,
     ) -> AmqpResult<(Arc<Queue>, Counts)> {
         let mut topo = self.topology.write();
         if passive {
@@ -547,7 +562,7 @@ impl Vhost {
             check_name("queue", name)?;
             name.clone()
         };
-        authorize(&name)?;
+        authorize(&name, DeclareStep::Named)?;
         if let Some(q) = topo.queues.get(&name) {
             let q = q.clone();
             check_owner(&q, conn, &self.name)?;
@@ -572,6 +587,7 @@ impl Vhost {
             let counts = q.counts();
             return Ok((q, counts));
         }
+        authorize(&name, DeclareStep::Creating)?;
         let owner = flags.exclusive.then_some(conn);
         let declared = DeclareFlags {
             durable: flags.durable,

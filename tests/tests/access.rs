@@ -267,6 +267,59 @@ async fn permission_expectations(f: &Fixture, addr: &str) {
     )
     .await;
 
+    // A new queue's dead-letter exchange, a new exchange's alternate exchange: write on it.
+    let with_arg = |key: &str, value: &str| {
+        let mut args = FieldTable::default();
+        args.insert(
+            key.into(),
+            lapin::types::AMQPValue::LongString(value.into()),
+        );
+        args
+    };
+    let dlx_to = |dlx: &'static str| {
+        let args = with_arg("x-dead-letter-exchange", dlx);
+        async move |ch: &Channel| {
+            let name = format!("own.dlq-{dlx}");
+            ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
+                .await
+        }
+    };
+    expect_allowed(
+        &conn,
+        "queue with own dead-letter exchange",
+        dlx_to("own.x"),
+    )
+    .await;
+    expect_refused(
+        &conn,
+        "queue with shared.x as dead-letter exchange",
+        &f.refused("exchange 'shared.x'"),
+        dlx_to("shared.x"),
+    )
+    .await;
+    let alternate_to = |alternate: &'static str| {
+        let args = with_arg("alternate-exchange", alternate);
+        async move |ch: &Channel| {
+            let name = format!("own.ae-{alternate}");
+            let kind = lapin::ExchangeKind::Fanout;
+            ch.exchange_declare(
+                name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions::default(),
+                args,
+            )
+            .await
+        }
+    };
+    expect_allowed(&conn, "exchange with own alternate", alternate_to("own.x")).await;
+    expect_refused(
+        &conn,
+        "exchange with shared.x as alternate",
+        &f.refused("exchange 'shared.x'"),
+        alternate_to("shared.x"),
+    )
+    .await;
+
     // queue.bind: write on the queue, read on the exchange.
     let bind = |q: &'static str, x: &'static str| {
         async move |ch: &Channel| {

@@ -561,3 +561,45 @@ async fn deleting_a_vhost_closes_its_connections_and_definitions_move_between_vh
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     broker.shutdown().await.unwrap();
 }
+
+/// The address this machine reaches others from (not loopback), if it has one.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // A UDP connect sends nothing: it only picks the route and so the source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn guest_uses_the_api_from_loopback_only() {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: this machine has no non-loopback address");
+        return;
+    };
+    let broker = Broker::builder()
+        .bind(std::net::IpAddr::from([0, 0, 0, 0]))
+        .port(0)
+        .management_port(0)
+        .start()
+        .await
+        .unwrap();
+    let port = broker.management_port().unwrap();
+    let overview = |host: String| async move {
+        let response = reqwest::Client::new()
+            .get(format!("http://{host}:{port}/api/overview"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    let (status, body) = overview(ip.to_string()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body,
+        json!({"error": "not_authorised", "reason": "User can only log in via localhost"})
+    );
+    assert_eq!(overview("127.0.0.1".to_owned()).await.0, StatusCode::OK);
+    broker.shutdown().await.unwrap();
+}

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -65,6 +65,8 @@ pub(crate) async fn serve(
     let stop = async move {
         let _ = signal.wait_for(|s| *s == Signal::Shutdown).await;
     };
+    // The peer's address reaches `require_user` (loopback-only users).
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -83,12 +85,23 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Basic auth against the broker's users, as RabbitMQ's management plugin: a user needs a
-/// management-capable tag ("Not management user" otherwise).
-async fn require_user(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+/// management-capable tag ("Not management user" otherwise), and a loopback-only user must
+/// come from a loopback address.
+async fn require_user(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some((name, password)) = basic_credentials(req.headers()) else {
         return not_authorised("Login failed");
     };
     match shared.access.authenticate(&name, &password) {
+        Some(_)
+            if shared.access.is_loopback_only(&name) && !peer.ip().to_canonical().is_loopback() =>
+        {
+            not_authorised("User can only log in via localhost")
+        }
         Some(user) if user.is_management() => {
             let administrator = user.is_administrator();
             req.extensions_mut().insert(AuthUser {

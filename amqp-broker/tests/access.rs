@@ -2,7 +2,10 @@
 //! and AMQP (lapin): RabbitMQ's definitions import, vhost isolation, durability across
 //! restarts, and who may use which route.
 
+mod common;
+
 use amqp_broker::Broker;
+use common::non_loopback_ip;
 use futures::StreamExt;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
@@ -560,15 +563,6 @@ async fn deleting_a_vhost_closes_its_connections_and_definitions_move_between_vh
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     broker.shutdown().await.unwrap();
-}
-
-/// The address this machine reaches others from (not loopback), if it has one.
-fn non_loopback_ip() -> Option<std::net::IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    // A UDP connect sends nothing: it only picks the route and so the source address.
-    socket.connect("192.0.2.1:9").ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
 #[tokio::test]

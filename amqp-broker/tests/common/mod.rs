@@ -1,4 +1,4 @@
-//! Helpers for the tests that run the `amqp-broker` binary (each such file has `mod common;`).
+//! Helpers shared by the broker's test files (each such file has `mod common;`).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -27,4 +27,14 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The address this machine reaches others from (not loopback), if it has one: for the
+/// loopback-only users' tests.
+pub fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // A UDP connect sends nothing: it only picks the route and so the source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }

@@ -112,37 +112,54 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     }
     config.data_dir = args.data_dir;
+    // Listened for before starting: a SIGTERM that arrives while the store and the definitions
+    // load (the port already accepts) still ends in an orderly shutdown.
+    let stop = shutdown_signal();
     let broker = Broker::builder().config(config).start().await?;
     tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());
     if let Some(url) = broker.management_url() {
         tracing::info!("management API: {url}/api/overview");
     }
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     broker.shutdown().await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
+/// Completes on SIGTERM or Ctrl-C; on Unix both are listened for from the call on, not from
+/// the first poll.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let listen = |kind| {
+        let signal = tokio::signal::unix::signal(kind);
+        async move {
+            match signal {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!("cannot listen for a shutdown signal: {e}");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     };
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
+    let (ctrl_c, term) = (
+        listen(tokio::signal::unix::SignalKind::interrupt()),
+        listen(tokio::signal::unix::SignalKind::terminate()),
+    );
+    #[cfg(not(unix))]
+    let (ctrl_c, term) = (
+        async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!("cannot listen for Ctrl-C: {e}");
                 std::future::pending::<()>().await;
             }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
 }

@@ -198,6 +198,7 @@ async fn a_rabbitmq_export_imports_and_exports_again() {
         .find(|q| q["name"] == "fixture.orders")
         .unwrap();
     assert_eq!(orders["arguments"], fixture["queues"][2]["arguments"]);
+    assert_eq!(orders["type"], "classic");
     assert_eq!(in_fixture_vhost("exchanges").len(), 3);
     assert_eq!(in_fixture_vhost("bindings").len(), 4);
     assert_eq!(

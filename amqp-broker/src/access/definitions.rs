@@ -135,6 +135,10 @@ pub(crate) struct QueueDef {
     pub name: String,
     #[serde(default)]
     pub vhost: String,
+    /// RabbitMQ 3.10 exports the queue type here (`classic`, `quorum`, `stream`); on import
+    /// the `x-queue-type` argument decides, as in RabbitMQ's declarations.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub queue_type: Option<String>,
     #[serde(default = "yes")]
     pub durable: bool,
     #[serde(default)]

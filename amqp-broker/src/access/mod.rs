@@ -570,6 +570,13 @@ fn export_topology(vhost: &Vhost, doc: &mut Document) {
         .extend(defs.queues.iter().map(|q| definitions::QueueDef {
             name: q.name.to_string(),
             vhost: name.clone(),
+            queue_type: Some(match q.arguments.inner().get("x-queue-type") {
+                Some(amq_protocol::types::AMQPValue::LongString(t)) => {
+                    String::from_utf8_lossy(t.as_bytes()).into_owned()
+                }
+                Some(amq_protocol::types::AMQPValue::ShortString(t)) => t.to_string(),
+                _ => "classic".to_owned(),
+            }),
             durable: true,
             auto_delete: q.auto_delete,
             arguments: definitions::from_table(&q.arguments),

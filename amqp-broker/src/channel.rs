@@ -374,8 +374,12 @@ impl Channel {
                 }
             }
             M::Delete(d) => {
-                io.grant
-                    .check(Op::Configure, Kind::Exchange, d.exchange.as_str())?;
+                // The default and amq.* exchanges are refused as such first (by the vhost), as
+                // RabbitMQ does.
+                if !d.exchange.as_str().is_empty() && !d.exchange.as_str().starts_with("amq.") {
+                    io.grant
+                        .check(Op::Configure, Kind::Exchange, d.exchange.as_str())?;
+                }
                 io.vhost.delete_exchange(&d.exchange, d.if_unused)?;
                 if !d.nowait {
                     self.reply(io, AMQPClass::Exchange(M::DeleteOk(exchange::DeleteOk {})));
@@ -1214,6 +1218,10 @@ fn check_binding(
     source: &ShortString,
 ) -> AmqpResult {
     io.grant.check(Op::Write, kind, destination.as_str())?;
+    if source.as_str().is_empty() {
+        // Refused as the default exchange (by the vhost) before any read check, as RabbitMQ.
+        return Ok(());
+    }
     io.grant.check(Op::Read, Kind::Exchange, source.as_str())
 }
 

@@ -320,6 +320,21 @@ async fn permission_expectations(f: &Fixture, addr: &str) {
     )
     .await;
 
+    // The default and amq.* exchanges are refused as such, before any permission check.
+    expect_refused(
+        &conn,
+        "delete amq.direct",
+        &format!(
+            "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '{}' not allowed",
+            f.vhost
+        ),
+        async |ch| {
+            ch.exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default())
+                .await
+        },
+    )
+    .await;
+
     // queue.bind: write on the queue, read on the exchange.
     let bind = |q: &'static str, x: &'static str| {
         async move |ch: &Channel| {
@@ -346,6 +361,13 @@ async fn permission_expectations(f: &Fixture, addr: &str) {
         "bind own.q to amq.direct",
         &f.refused("exchange 'amq.direct'"),
         bind("own.q", "amq.direct"),
+    )
+    .await;
+    expect_refused(
+        &conn,
+        "bind own.q to the default exchange",
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+        bind("own.q", ""),
     )
     .await;
 

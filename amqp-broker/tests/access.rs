@@ -598,3 +598,63 @@ async fn guest_uses_the_api_from_loopback_only() {
     assert_eq!(overview("127.0.0.1".to_owned()).await.0, StatusCode::OK);
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_permission_change_applies_to_open_connections() {
+    let broker = management_broker().await;
+    let api = Api::new(&broker, "guest", "guest");
+    let user = json!({"password": "pw", "tags": ""});
+    assert_eq!(api.put("/api/users/dave", user).await, StatusCode::CREATED);
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(
+        api.put("/api/permissions/%2F/dave", all).await,
+        StatusCode::CREATED
+    );
+    let conn = connect(&broker, "dave", "pw", "/").await.unwrap();
+    let declare = |name: &'static str| {
+        let conn = &conn;
+        async move {
+            let ch = conn.create_channel().await.unwrap();
+            ch.queue_declare(
+                name.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    declare("dave.q1").await.expect("allowed");
+    let narrower = json!({"configure": "^other$", "write": ".*", "read": ".*"});
+    assert_eq!(
+        api.put("/api/permissions/%2F/dave", narrower).await,
+        StatusCode::NO_CONTENT
+    );
+    let refused = declare("dave.q2").await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("access to queue 'dave.q2' in vhost '/' refused for user 'dave'"),
+        "{refused}"
+    );
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_access_file_stops_the_start_naming_it() {
+    let dir = std::env::temp_dir().join(format!("amqp-broker-access-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("access.json"), "{\"users\": 5").unwrap();
+    let err = Broker::builder()
+        .port(0)
+        .data_dir(&dir)
+        .start()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("access.json") && text.contains("invalid definitions"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -19,6 +19,12 @@
 //! a durable `x-delayed-message` exchange are stored the same way. Only one broker at a time may
 //! use a data directory ([`Error::DataDirLocked`] names the process holding it).
 //!
+//! Users, virtual hosts and permissions work as RabbitMQ's: guest/guest (from loopback only,
+//! see [`BrokerBuilder::loopback_users`]) or the users given to [`BrokerBuilder::user`] are
+//! administrators of the vhost `/`; more come from a RabbitMQ definitions file
+//! ([`BrokerBuilder::definitions_file`]) or the management API, with passwords hashed as
+//! RabbitMQ hashes them and configure/write/read permissions checked on every operation.
+//!
 //! Flow control: once the message bodies the broker holds reach
 //! [`BrokerBuilder::memory_high_watermark_bytes`], connections that publish are blocked
 //! (`connection.blocked`, and their socket is not read) until consumers drain the queues.

@@ -482,6 +482,8 @@ async fn users_and_permissions_routes_answer_in_rabbitmqs_shapes() {
         json!({"error": "Object Not Found", "reason": "Not Found"})
     );
 
+    // An open connection outlives its permission, not its user.
+    let bobs = connect(&broker, "bob", "new", "/").await.unwrap();
     assert_eq!(
         api.delete("/api/permissions/%2F/bob").await,
         StatusCode::NO_CONTENT
@@ -491,6 +493,12 @@ async fn users_and_permissions_routes_answer_in_rabbitmqs_shapes() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(api.delete("/api/users/bob").await, StatusCode::NO_CONTENT);
+    let mut events = bobs.events_listener();
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !matches!(events.next().await, Some(Event::Error(_)) | None) {}
+    })
+    .await
+    .expect("a deleted user's connection is closed");
     assert_eq!(api.delete("/api/users/bob").await, StatusCode::NOT_FOUND);
     assert!(connect(&broker, "bob", "new", "/").await.is_err());
     broker.shutdown().await.unwrap();

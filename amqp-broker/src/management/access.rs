@@ -202,14 +202,18 @@ async fn put_user(
     Ok(created_or_replaced(created))
 }
 
-/// `DELETE /api/users/{name}`.
+/// `DELETE /api/users/{name}`: the user's connections are closed, as RabbitMQ closes them.
 async fn delete_user(
     State(shared): State<Arc<Shared>>,
     Extension(me): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> Answer {
     administrator(&me)?;
-    deleted(shared.access.delete_user(&name))
+    let existed = shared.access.delete_user(&name);
+    if existed == Ok(true) {
+        let _closed = shared.registry.close_where(|c| c.user == name);
+    }
+    deleted(existed)
 }
 
 // ----- vhosts -----

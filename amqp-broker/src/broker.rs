@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::access::{Access, DEFAULT_VHOST};
 use crate::config::{Config, TlsFiles, User};
 use crate::connection;
 use crate::error::Error;
@@ -18,7 +19,6 @@ use crate::store::io::FileStorage;
 use crate::store::lock::{DirLock, LockError};
 use crate::store::{Store, StoreOptions};
 use crate::tls;
-use crate::vhost::Vhost;
 
 /// Builds a [`Broker`]; every setting has RabbitMQ's default.
 #[derive(Debug, Default)]
@@ -40,7 +40,8 @@ impl BrokerBuilder {
         self
     }
 
-    /// Adds a user. The first call replaces the default guest/guest.
+    /// Adds a user, an administrator with full permissions on the vhost `/` (its password is
+    /// kept hashed). The first call replaces the default guest/guest.
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
         if !self.users_set {
             self.config.users.clear();
@@ -146,6 +147,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Users who may connect from loopback addresses only (default: `guest`, as RabbitMQ's
+    /// `loopback_users`); an empty list lets every user connect from anywhere.
+    pub fn loopback_users<S: Into<String>>(mut self, users: impl IntoIterator<Item = S>) -> Self {
+        self.config.loopback_users = users.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Imports a RabbitMQ definitions file (users, vhosts, permissions, exchanges, queues,
+    /// bindings) at start, as RabbitMQ's `load_definitions`.
+    pub fn definitions_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.definitions_file = Some(path.into());
+        self
+    }
+
     /// Replaces every setting at once (the binary builds a [`Config`] from its command line).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -204,19 +219,18 @@ impl BrokerBuilder {
             None => None,
         };
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes);
-        let vhost = match store {
-            Some((store, recovered)) => {
-                let vhost = Vhost::with_memory("/", Some(store), memory);
-                vhost.restore(recovered);
-                vhost
-            }
-            None => Vhost::with_memory("/", None, memory),
-        };
+        let access = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || Access::open(&config, memory, store)
+        })
+        .await
+        .map_err(|e| Error::Access(e.to_string()))?
+        .map_err(Error::Access)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
         let registry = Arc::new(Registry::default());
         let server = Server {
             config: config.clone(),
-            vhost: vhost.clone(),
+            access: access.clone(),
             registry: registry.clone(),
             signal: shutdown_rx,
             // One limit for both listeners, as RabbitMQ's connection_max.
@@ -237,8 +251,7 @@ impl BrokerBuilder {
             Some(listener) => {
                 let addr = listener.local_addr()?;
                 let shared = Arc::new(management::Shared {
-                    config: config.clone(),
-                    vhost: vhost.clone(),
+                    access: access.clone(),
                     registry: registry.clone(),
                     amqp_addr: local_addr,
                     management_addr: addr,
@@ -255,7 +268,7 @@ impl BrokerBuilder {
             tls_addr,
             management_addr,
             config,
-            vhost,
+            access,
             registry,
             signal: shutdown_tx,
             task: Some(task),
@@ -306,7 +319,7 @@ pub struct Broker {
     tls_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
     config: Arc<Config>,
-    vhost: Arc<Vhost>,
+    access: Arc<Access>,
     registry: Arc<Registry>,
     signal: watch::Sender<Signal>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -390,12 +403,14 @@ impl Broker {
     /// Bytes of message bodies the broker holds now (queued, unacked, delayed or on their way
     /// out): what flow control compares with the memory high-water mark.
     pub fn memory_used_bytes(&self) -> u64 {
-        self.vhost.memory.used_bytes()
+        self.access.memory.used_bytes()
     }
 
     /// Number of queues in the default vhost (for tests and metrics).
     pub fn queue_count(&self) -> usize {
-        self.vhost.queue_count()
+        self.access
+            .vhost(DEFAULT_VHOST)
+            .map_or(0, |v| v.queue_count())
     }
 
     /// Stops accepting, closes every connection (320 CONNECTION_FORCED) and waits for them to end.
@@ -410,10 +425,9 @@ impl Broker {
                 tracing::error!("accept loop failed: {e}");
             }
         }
-        if let Some(store) = self.vhost.store().cloned() {
-            // Syncs what is pending and stops the writer thread.
-            let _ = tokio::task::spawn_blocking(move || store.close()).await;
-        }
+        // Syncs what is pending and stops every vhost's writer thread.
+        let access = self.access.clone();
+        let _ = tokio::task::spawn_blocking(move || access.close()).await;
         Ok(())
     }
 }
@@ -428,7 +442,7 @@ impl Drop for Broker {
 #[derive(Clone)]
 struct Server {
     config: Arc<Config>,
-    vhost: Arc<Vhost>,
+    access: Arc<Access>,
     registry: Arc<Registry>,
     signal: watch::Receiver<Signal>,
     /// Connection slots ([`Config::max_connections`]), shared by the plain and TLS listeners.
@@ -463,7 +477,7 @@ impl Server {
             };
             let ctx = connection::Context {
                 config: self.config.clone(),
-                vhost: self.vhost.clone(),
+                access: self.access.clone(),
                 registry: self.registry.clone(),
                 signal: self.signal.clone(),
             };

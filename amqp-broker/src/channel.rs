@@ -15,6 +15,8 @@ use amq_protocol::protocol::{
 use amq_protocol::types::ShortString;
 use bytes::BytesMut;
 
+use crate::access::Grant;
+use crate::access::permission::{Kind, Op};
 use crate::codec::{FrameWriter, short};
 use crate::config::Config;
 use crate::dead_letter::Reason;
@@ -23,7 +25,7 @@ use crate::exchange::{Destination, routing_keys};
 use crate::message::{Credit, Message, QueuedMessage};
 use crate::queue::{ConnId, Consumer, Delivery, Enqueued, Outbox, Queue};
 use crate::registry::{ChannelView, ChannelViews};
-use crate::vhost::{ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
+use crate::vhost::{DeclareStep, ExchangeFlags, QueueFlags, REPLY_TO, Vhost};
 
 /// What the channel handlers need from their connection.
 #[derive(Debug)]
@@ -44,6 +46,8 @@ pub(crate) struct ConnIo<'a> {
     pub user: &'a str,
     /// Where channels list themselves for the management API.
     pub channel_views: &'a ChannelViews,
+    /// What the user may do in the vhost (403 ACCESS_REFUSED otherwise).
+    pub grant: &'a Grant,
 }
 
 /// A message being received: `basic.publish`, then a content header, then body frames.
@@ -149,6 +153,10 @@ pub(crate) struct Channel {
     /// What the management API shows of this channel (updated on qos, confirm.select and
     /// tx.select only).
     view: Arc<ChannelView>,
+    /// The last exchange this channel was allowed to publish to: publishing again there skips
+    /// the permission check, which keeps it off the hot path (RabbitMQ caches granted checks
+    /// per channel too, so a revoked permission applies to new channels).
+    publish_granted: Option<ShortString>,
 }
 
 impl Channel {
@@ -172,6 +180,7 @@ impl Channel {
             reply_address: None,
             last_queue: None,
             view,
+            publish_granted: None,
         }
     }
 
@@ -346,6 +355,18 @@ impl Channel {
         use exchange::AMQPMethod as M;
         match m {
             M::Declare(d) => {
+                if !d.passive && !d.exchange.as_str().is_empty() {
+                    io.grant
+                        .check(Op::Configure, Kind::Exchange, d.exchange.as_str())?;
+                    // A new exchange's alternate exchange: read on it, write on the alternate.
+                    if let Some(alternate) = string_arg(&d.arguments, "alternate-exchange") {
+                        if !io.vhost.has_exchange(&d.exchange) {
+                            io.grant
+                                .check(Op::Read, Kind::Exchange, d.exchange.as_str())?;
+                            io.grant.check(Op::Write, Kind::Exchange, &alternate)?;
+                        }
+                    }
+                }
                 let flags = ExchangeFlags {
                     durable: d.durable,
                     auto_delete: d.auto_delete,
@@ -366,12 +387,19 @@ impl Channel {
                 }
             }
             M::Delete(d) => {
+                // The default and amq.* exchanges are refused as such first (by the vhost), as
+                // RabbitMQ does.
+                if !d.exchange.as_str().is_empty() && !d.exchange.as_str().starts_with("amq.") {
+                    io.grant
+                        .check(Op::Configure, Kind::Exchange, d.exchange.as_str())?;
+                }
                 io.vhost.delete_exchange(&d.exchange, d.if_unused)?;
                 if !d.nowait {
                     self.reply(io, AMQPClass::Exchange(M::DeleteOk(exchange::DeleteOk {})));
                 }
             }
             M::Bind(b) => {
+                check_binding(io, Kind::Exchange, &b.destination, &b.source)?;
                 let dest = Destination::Exchange(b.destination);
                 io.vhost.set_binding(
                     true,
@@ -386,6 +414,7 @@ impl Channel {
                 }
             }
             M::Unbind(b) => {
+                check_binding(io, Kind::Exchange, &b.destination, &b.source)?;
                 let dest = Destination::Exchange(b.destination);
                 io.vhost.set_binding(
                     false,
@@ -455,9 +484,29 @@ impl Channel {
                     exclusive: d.exclusive,
                     auto_delete: d.auto_delete,
                 };
-                let (q, counts) =
-                    io.vhost
-                        .declare_queue(&name, d.passive, flags, &d.arguments, io.conn)?;
+                // RabbitMQ checks configure on the name the queue gets (a server-named one too)
+                // and, for a new queue with a dead-letter exchange, read on the queue and write
+                // on that exchange.
+                let grant = io.grant;
+                let dead_letter_exchange = string_arg(&d.arguments, "x-dead-letter-exchange");
+                let authorize = |name: &ShortString, step: DeclareStep| match step {
+                    DeclareStep::Named => grant.check(Op::Configure, Kind::Queue, name.as_str()),
+                    DeclareStep::Creating => match &dead_letter_exchange {
+                        Some(dlx) => {
+                            grant.check(Op::Read, Kind::Queue, name.as_str())?;
+                            grant.check(Op::Write, Kind::Exchange, dlx)
+                        }
+                        None => Ok(()),
+                    },
+                };
+                let (q, counts) = io.vhost.declare_queue_authorized(
+                    &name,
+                    d.passive,
+                    flags,
+                    &d.arguments,
+                    io.conn,
+                    &authorize,
+                )?;
                 self.last_queue = Some(q.name.clone());
                 if !d.nowait {
                     self.reply(
@@ -472,7 +521,9 @@ impl Channel {
             }
             M::Bind(b) => {
                 let key = self.binding_key(&b.queue, b.routing_key);
-                let dest = Destination::Queue(self.queue_name(b.queue)?);
+                let queue = self.queue_name(b.queue)?;
+                check_binding(io, Kind::Queue, &queue, &b.exchange)?;
+                let dest = Destination::Queue(queue);
                 io.vhost
                     .set_binding(true, &b.exchange, dest, &key, &b.arguments, io.conn)?;
                 if !b.nowait {
@@ -481,13 +532,17 @@ impl Channel {
             }
             M::Unbind(b) => {
                 let key = self.binding_key(&b.queue, b.routing_key);
-                let dest = Destination::Queue(self.queue_name(b.queue)?);
+                let queue = self.queue_name(b.queue)?;
+                check_binding(io, Kind::Queue, &queue, &b.exchange)?;
+                let dest = Destination::Queue(queue);
                 io.vhost
                     .set_binding(false, &b.exchange, dest, &key, &b.arguments, io.conn)?;
                 self.reply(io, AMQPClass::Queue(M::UnbindOk(queue::UnbindOk {})));
             }
             M::Purge(p) => {
-                let q = io.vhost.queue(&self.queue_name(p.queue)?, io.conn)?;
+                let name = self.queue_name(p.queue)?;
+                io.grant.check(Op::Read, Kind::Queue, name.as_str())?;
+                let q = io.vhost.queue(&name, io.conn)?;
                 let message_count = q.purge();
                 if !p.nowait {
                     self.reply(
@@ -498,6 +553,7 @@ impl Channel {
             }
             M::Delete(d) => {
                 let name = self.queue_name(d.queue)?;
+                io.grant.check(Op::Configure, Kind::Queue, name.as_str())?;
                 let message_count =
                     io.vhost
                         .delete_queue(&name, d.if_unused, d.if_empty, io.conn)?;
@@ -547,6 +603,11 @@ impl Channel {
             M::Publish(p) => {
                 if p.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                if self.publish_granted.as_ref() != Some(&p.exchange) {
+                    io.grant
+                        .check(Op::Write, Kind::Exchange, p.exchange.as_str())?;
+                    self.publish_granted = Some(p.exchange.clone());
                 }
                 self.content = Content::Header(p);
             }
@@ -638,7 +699,9 @@ impl Channel {
             self.reply_address = Some(io.vhost.register_reply_consumer(consumer.clone()));
             None
         } else {
-            Some(io.vhost.queue(&self.queue_name(c.queue)?, io.conn)?)
+            let name = self.queue_name(c.queue)?;
+            io.grant.check(Op::Read, Kind::Queue, name.as_str())?;
+            Some(io.vhost.queue(&name, io.conn)?)
         };
         if let Some(q) = &queue {
             q.add_consumer(consumer.clone(), &io.vhost.name)?;
@@ -689,7 +752,9 @@ impl Channel {
     }
 
     fn get(&mut self, io: &mut ConnIo<'_>, g: basic::Get) -> AmqpResult {
-        let q = io.vhost.queue(&self.queue_name(g.queue)?, io.conn)?;
+        let name = self.queue_name(g.queue)?;
+        io.grant.check(Op::Read, Kind::Queue, name.as_str())?;
+        let q = io.vhost.queue(&name, io.conn)?;
         let Some((entry, message_count)) = q.get(g.no_ack) else {
             let empty = basic::GetEmpty {};
             self.reply(io, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(empty)));
@@ -1177,6 +1242,32 @@ impl Channel {
 }
 
 /// 406 for a persistent message that durable queues cannot take: the store refuses writes.
+/// A string argument (short or long string), as RabbitMQ reads exchange names from arguments.
+fn string_arg(arguments: &amq_protocol::types::FieldTable, key: &str) -> Option<String> {
+    use amq_protocol::types::AMQPValue;
+    match arguments.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// A binding (queue.bind/unbind, exchange.bind/unbind) needs write on its destination and read
+/// on its source exchange, checked in that order as RabbitMQ does.
+fn check_binding(
+    io: &ConnIo<'_>,
+    kind: Kind,
+    destination: &ShortString,
+    source: &ShortString,
+) -> AmqpResult {
+    io.grant.check(Op::Write, kind, destination.as_str())?;
+    if source.as_str().is_empty() {
+        // Refused as the default exchange (by the vhost) before any read check, as RabbitMQ.
+        return Ok(());
+    }
+    io.grant.check(Op::Read, Kind::Exchange, source.as_str())
+}
+
 fn store_refuses(io: &ConnIo<'_>) -> AmqpError {
     let reason = io
         .vhost

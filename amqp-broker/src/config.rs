@@ -2,12 +2,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-/// One user allowed to log in (PLAIN or AMQPLAIN).
+/// A user created at start: an administrator with full permissions on the vhost `/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     /// The login name.
     pub name: String,
-    /// The password, compared in full.
+    /// The password (the broker keeps only its salted hash).
     pub password: String,
 }
 
@@ -45,8 +45,16 @@ pub struct Config {
     pub bind: IpAddr,
     /// AMQP port; 0 lets the OS pick one (see [`crate::Broker::port`]).
     pub port: u16,
-    /// Users who may log in; guest/guest unless told otherwise.
+    /// Users created at start as administrators with full permissions on the vhost `/` (as
+    /// RabbitMQ's default user); guest/guest unless told otherwise. More users, vhosts and
+    /// permissions come from [`Config::definitions_file`] or the management API.
     pub users: Vec<User>,
+    /// Users who may connect from loopback addresses only, as RabbitMQ's `loopback_users`
+    /// (default: `guest`); from elsewhere their login is refused as a wrong password is.
+    pub loopback_users: Vec<String>,
+    /// A RabbitMQ definitions file (JSON, as `rabbitmqctl export_definitions` writes) imported
+    /// at every start, after the configured users: RabbitMQ's `load_definitions`.
+    pub definitions_file: Option<std::path::PathBuf>,
     /// Largest frame the broker accepts and offers in `connection.tune` (bytes, header included).
     pub frame_max_bytes: u32,
     /// Most channels per connection offered in `connection.tune`.
@@ -95,6 +103,8 @@ impl Default for Config {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 5672,
             users: vec![User::new("guest", "guest")],
+            loopback_users: vec!["guest".to_owned()],
+            definitions_file: None,
             frame_max_bytes: 131_072,
             channel_max: 2047,
             heartbeat_secs: 60,
@@ -109,14 +119,5 @@ impl Default for Config {
             tls: None,
             tls_port: DEFAULT_TLS_PORT,
         }
-    }
-}
-
-impl Config {
-    /// Whether `name`/`password` is one of the configured users.
-    pub(crate) fn authenticate(&self, name: &str, password: &str) -> bool {
-        self.users
-            .iter()
-            .any(|u| u.name == name && u.password == password)
     }
 }

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::access::{Access, Grant};
 use crate::broker::Signal;
 use crate::channel::{Channel, ConnIo};
 use crate::codec::{self, Frame, FrameWriter, PROTOCOL_HEADER, short};
@@ -34,7 +35,8 @@ use crate::vhost::Vhost;
 #[derive(Debug)]
 pub(crate) struct Context {
     pub config: Arc<Config>,
-    pub vhost: Arc<Vhost>,
+    /// Users, vhosts and permissions: the handshake picks the connection's vhost here.
+    pub access: Arc<Access>,
     pub registry: Arc<Registry>,
     pub signal: watch::Receiver<Signal>,
 }
@@ -85,7 +87,7 @@ where
     let mut out = FrameWriter::default();
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&mut reader, &mut out, &write_tx, &ctx.config),
+        handshake(&mut reader, &mut out, &write_tx, &ctx, peer),
     )
     .await;
     flush(&mut out, &write_tx);
@@ -98,20 +100,21 @@ where
                 name: tuned.name.clone(),
                 peer,
                 user: tuned.user.clone(),
+                vhost: tuned.vhost.name.clone(),
                 heartbeat_secs: tuned.heartbeat_secs,
             };
             let details = ConnectionDetails {
                 local,
-                vhost: ctx.vhost.name.clone(),
+                vhost: tuned.vhost.name.clone(),
                 client_properties: tuned.client_properties.clone(),
                 connected_at: std::time::SystemTime::now(),
                 frame_max: tuned.frame_max,
                 channel_max: tuned.channel_max,
             };
             let registration = ctx.registry.register(info, details);
-            let _open = ctx.vhost.metrics.connection_opened();
+            let _open = tuned.vhost.metrics.connection_opened();
             let (outbox, inbox) = mpsc::unbounded_channel();
-            let alarm = ctx.vhost.memory.subscribe();
+            let alarm = ctx.access.memory.subscribe();
             let mut conn = Conn {
                 id,
                 alarm,
@@ -224,6 +227,10 @@ struct Tuned {
     name: Option<String>,
     /// Everything the client said about itself (shown by the management API).
     client_properties: FieldTable,
+    /// The vhost the client opened.
+    vhost: Arc<Vhost>,
+    /// What the user may do there.
+    grant: Grant,
 }
 
 /// Protocol header, start/start-ok (authentication), tune/tune-ok, open/open-ok.
@@ -234,8 +241,10 @@ async fn handshake(
     reader: &mut Reader<impl AsyncRead + Unpin>,
     out: &mut FrameWriter,
     write_tx: &mpsc::UnboundedSender<Vec<u8>>,
-    config: &Config,
+    ctx: &Context,
+    peer: SocketAddr,
 ) -> Result<Option<Tuned>, AmqpError> {
+    let config = &*ctx.config;
     // The protocol header: answer anything else with ours and hang up, as the spec says.
     while reader.buf.len() < PROTOCOL_HEADER.len() {
         let n = reader.buf.len();
@@ -279,7 +288,15 @@ async fn handshake(
         _ => return hang_up("unknown authentication mechanism"),
     };
     let user = match credentials {
-        Some((user, pass)) if config.authenticate(&user, &pass) => user,
+        Some((user, pass)) if ctx.access.authenticate(&user, &pass).is_some() => {
+            if ctx.access.is_loopback_only(&user) && !peer.ip().to_canonical().is_loopback() {
+                // RabbitMQ refuses it as a failed login, with the reason in its log only.
+                tracing::info!(%peer, "user '{user}' can only connect via localhost");
+                String::new()
+            } else {
+                user
+            }
+        }
         _ => String::new(),
     };
     if user.is_empty() {
@@ -316,6 +333,29 @@ async fn handshake(
     if !frame_max_ok || !channel_max_ok {
         return hang_up("tune-ok outside the offered limits");
     }
+    let open = match next_frame(reader, tune_ok.frame_max).await {
+        None => return Ok(None),
+        Some(Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))) => open,
+        Some(other) => {
+            let e = AmqpError::unexpected_frame(format_args!(
+                "expected connection.open, got {}",
+                describe(&other)
+            ));
+            return Err(close_with(out, e));
+        }
+    };
+    let vhost_name = open.virtual_host.as_str();
+    let Some(vhost) = ctx.access.vhost(vhost_name) else {
+        let e = AmqpError::not_allowed(format_args!("vhost {vhost_name} not found"));
+        return Err(close_with(out, e.on(10, 40)));
+    };
+    if ctx.access.permission(vhost_name, &user).is_none() {
+        let e = AmqpError::not_allowed(format_args!(
+            "access to vhost '{vhost_name}' refused for user '{user}'"
+        ));
+        return Err(close_with(out, e.on(10, 40)));
+    }
+    let grant = Grant::new(ctx.access.clone(), vhost_name, &user);
     let tuned = Tuned {
         frame_max: tune_ok.frame_max,
         channel_max: tune_ok.channel_max,
@@ -331,23 +371,9 @@ async fn handshake(
             _ => None,
         },
         client_properties: start_ok.client_properties.clone(),
+        vhost,
+        grant,
     };
-
-    let open = match next_frame(reader, tuned.frame_max).await {
-        None => return Ok(None),
-        Some(Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))) => open,
-        Some(other) => {
-            let e = AmqpError::unexpected_frame(format_args!(
-                "expected connection.open, got {}",
-                describe(&other)
-            ));
-            return Err(close_with(out, e));
-        }
-    };
-    if open.virtual_host.as_str() != "/" {
-        let e = AmqpError::not_allowed(format_args!("vhost {} not found", open.virtual_host));
-        return Err(close_with(out, e.on(10, 40)));
-    }
     out.method(
         0,
         &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -657,7 +683,8 @@ impl Conn {
         (
             ConnIo {
                 conn: self.id,
-                vhost: &self.ctx.vhost,
+                vhost: &self.tuned.vhost,
+                grant: &self.tuned.grant,
                 config: &self.ctx.config,
                 out: &mut self.out,
                 outbox: &self.outbox,
@@ -907,7 +934,7 @@ impl Conn {
         for (_, mut ch) in channels.drain() {
             ch.close(&mut io);
         }
-        self.ctx.vhost.delete_exclusive_queues(self.id);
+        self.tuned.vhost.delete_exclusive_queues(self.id);
     }
 }
 

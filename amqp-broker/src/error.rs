@@ -44,6 +44,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Users, vhosts or permissions could not be loaded (`access.json` in the data directory,
+    /// or the definitions file), or a vhost's store could not be opened.
+    #[error("{0}")]
+    Access(String),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -23,6 +23,12 @@
 //! also serves amqps on [`BrokerBuilder::tls_port`] (5671 by default, as RabbitMQ), with the
 //! certificate chain and key read from PEM files at start.
 //!
+//! Users, virtual hosts and permissions work as RabbitMQ's: guest/guest (from loopback only,
+//! see [`BrokerBuilder::loopback_users`]) or the users given to [`BrokerBuilder::user`] are
+//! administrators of the vhost `/`; more come from a RabbitMQ definitions file
+//! ([`BrokerBuilder::definitions_file`]) or the management API, with passwords hashed as
+//! RabbitMQ hashes them and configure/write/read permissions checked on every operation.
+//!
 //! Flow control: once the message bodies the broker holds reach
 //! [`BrokerBuilder::memory_high_watermark_bytes`], connections that publish are blocked
 //! (`connection.blocked`, and their socket is not read) until consumers drain the queues.
@@ -32,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod broker;
 mod channel;
 mod codec;

@@ -27,9 +27,19 @@ struct Args {
     /// at start. Without it everything lives in memory only.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-    /// A user as NAME:PASSWORD; repeat for more. Replaces the default guest:guest.
+    /// A user as NAME:PASSWORD (an administrator with full permissions on the vhost /);
+    /// repeat for more. Replaces the default guest:guest.
     #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
     users: Vec<User>,
+    /// Users who may connect from loopback addresses only, comma-separated (RabbitMQ's
+    /// loopback_users; default: guest). Give it without a value to let every user connect
+    /// from anywhere.
+    #[arg(long, value_name = "NAMES", num_args = 0..=1, value_delimiter = ',')]
+    loopback_users: Option<Vec<String>>,
+    /// A RabbitMQ definitions file (JSON, as `rabbitmqctl export_definitions` writes it) to
+    /// import at start: users, vhosts, permissions, exchanges, queues, bindings.
+    #[arg(long, value_name = "FILE")]
+    definitions: Option<std::path::PathBuf>,
     /// Largest message body accepted, in bytes.
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     max_message_bytes: u64,
@@ -112,6 +122,10 @@ async fn main() -> anyhow::Result<()> {
     if !args.users.is_empty() {
         config.users = args.users;
     }
+    if let Some(users) = args.loopback_users {
+        config.loopback_users = users.into_iter().filter(|u| !u.is_empty()).collect();
+    }
+    config.definitions_file = args.definitions;
     config.max_message_bytes = args.max_message_bytes;
     config.frame_max_bytes = args.frame_max.max(4096);
     config.heartbeat_secs = args.heartbeat;
@@ -135,6 +149,9 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     config.tls_port = args.tls_port;
+    // Listened for before starting: a SIGTERM that arrives while the store and the definitions
+    // load (the port already accepts) still ends in an orderly shutdown.
+    let stop = shutdown_signal();
     let broker = Broker::builder().config(config).start().await?;
     tracing::info!(port = broker.port(), "ready: {}", broker.amqp_url());
     if let Some(url) = broker.amqps_url() {
@@ -143,32 +160,46 @@ async fn main() -> anyhow::Result<()> {
     if let Some(url) = broker.management_url() {
         tracing::info!("management API: {url}/api/overview; Prometheus metrics: {url}/metrics");
     }
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     broker.shutdown().await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
+/// Completes on SIGTERM or Ctrl-C; on Unix both are listened for from the call on, not from
+/// the first poll.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let listen = |kind| {
+        let signal = tokio::signal::unix::signal(kind);
+        async move {
+            match signal {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!("cannot listen for a shutdown signal: {e}");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     };
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
+    let (ctrl_c, term) = (
+        listen(tokio::signal::unix::SignalKind::interrupt()),
+        listen(tokio::signal::unix::SignalKind::terminate()),
+    );
+    #[cfg(not(unix))]
+    let (ctrl_c, term) = (
+        async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!("cannot listen for Ctrl-C: {e}");
                 std::future::pending::<()>().await;
             }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
 }

@@ -29,6 +29,8 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The user it logged in as.
     pub user: String,
+    /// The vhost it opened.
+    pub vhost: String,
     /// The heartbeat interval the client agreed to, in seconds (0: none).
     pub heartbeat_secs: u16,
 }

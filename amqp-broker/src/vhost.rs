@@ -79,6 +79,15 @@ pub(crate) struct QueueFlags {
     pub auto_delete: bool,
 }
 
+/// Where [`Vhost::declare_queue_authorized`] is when it asks for a permission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeclareStep {
+    /// The queue's name is known (existing or not).
+    Named,
+    /// The queue does not exist and is about to be created.
+    Creating,
+}
+
 /// One virtual host.
 #[derive(Debug)]
 pub(crate) struct Vhost {
@@ -270,6 +279,14 @@ impl Vhost {
             })
     }
 
+    /// Durable exchanges, durable non-exclusive queues and the bindings between them, with or
+    /// without a store: what a definitions export holds.
+    pub fn durable_definitions(&self) -> Definitions {
+        self.topology
+            .read()
+            .definitions_where(|q| q.durable && q.exclusive_owner.is_none())
+    }
+
     /// Number of queues.
     pub fn queue_count(&self) -> usize {
         self.topology.read().queues.len()
@@ -349,6 +366,11 @@ impl Vhost {
         );
         topo.exchanges.insert(name.clone(), x);
         self.save(&topo)
+    }
+
+    /// Whether an exchange named `name` exists.
+    pub fn has_exchange(&self, name: &ShortString) -> bool {
+        self.topology.read().exchanges.contains_key(name)
     }
 
     pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> AmqpResult {
@@ -564,6 +586,21 @@ impl Vhost {
         arguments: &FieldTable,
         conn: ConnId,
     ) -> AmqpResult<(Arc<Queue>, Counts)> {
+        self.declare_queue_authorized(name, passive, flags, arguments, conn, &|_, _| Ok(()))
+    }
+
+    /// [`Vhost::declare_queue`] with permission checks, unless passive: `authorize` is called
+    /// with the queue's final name (generated for an empty one) at [`DeclareStep::Named`],
+    /// before anything happens, and again at [`DeclareStep::Creating`] if the queue is new.
+    pub fn declare_queue_authorized(
+        &self,
+        name: &ShortString,
+        passive: bool,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+        conn: ConnId,
+        authorize: &dyn Fn(&ShortString, DeclareStep) -> AmqpResult,
+    ) -> AmqpResult<(Arc<Queue>, Counts)> {
         let mut topo = self.topology.write();
         if passive {
             let q = topo.queue(name, conn, &self.name)?;
@@ -576,6 +613,7 @@ impl Vhost {
             check_name("queue", name)?;
             name.clone()
         };
+        authorize(&name, DeclareStep::Named)?;
         if let Some(q) = topo.queues.get(&name) {
             let q = q.clone();
             check_owner(&q, conn, &self.name)?;
@@ -600,6 +638,7 @@ impl Vhost {
             let counts = q.counts();
             return Ok((q, counts));
         }
+        authorize(&name, DeclareStep::Creating)?;
         let owner = flags.exclusive.then_some(conn);
         let declared = DeclareFlags {
             durable: flags.durable,
@@ -775,8 +814,14 @@ impl Vhost {
 impl Topology {
     /// The durable part: what the definitions file holds.
     fn definitions(&self) -> Definitions {
+        self.definitions_where(|q| q.store.is_some())
+    }
+
+    /// Durable exchanges, the queues `durable_queue` accepts, and the bindings between them
+    /// (queue ids are the store's, 0 for a queue without one).
+    fn definitions_where(&self, durable_queue: impl Fn(&Queue) -> bool) -> Definitions {
         let builtin = |n: &ShortString| BUILT_IN_EXCHANGES.iter().any(|(b, _)| *b == n.as_str());
-        let durable_queue = |n: &ShortString| self.queues.get(n).is_some_and(|q| q.store.is_some());
+        let durable_queue = |n: &ShortString| self.queues.get(n).is_some_and(|q| durable_queue(q));
         let durable = |d: &Destination| match d {
             Destination::Queue(n) => durable_queue(n),
             Destination::Exchange(n) => self.exchanges.get(n).is_some_and(|x| x.durable),
@@ -806,9 +851,9 @@ impl Topology {
         let mut queues: Vec<&Arc<Queue>> = self.queues.values().collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         for q in queues {
-            if let Some(link) = &q.store {
+            if durable_queue(&q.name) {
                 defs.queues.push(QueueDef {
-                    id: link.id,
+                    id: q.store.as_ref().map_or(0, |link| link.id),
                     name: q.name.clone(),
                     auto_delete: q.auto_delete,
                     arguments: q.arguments.clone(),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, wait_exit};
+use common::{free_port, non_loopback_ip, wait_exit};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -118,8 +118,78 @@ fn help_describes_the_options() {
         "--bind",
         "--data-dir",
         "--user",
+        "--loopback-users",
+        "--definitions",
         "--max-message-bytes",
     ] {
         assert!(help.contains(flag), "--help mentions {flag}:\n{help}");
     }
+}
+
+/// Logs in with lapin; the error's text when refused.
+fn login(url: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn definitions_and_loopback_users_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("amqp-broker-bin-defs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("definitions.json");
+    // RabbitMQ's hash of the password "guest".
+    std::fs::write(
+        &file,
+        r#"{"users": [{"name": "bin-user", "password_hash": "MP8P3KWPS1jzFFh7FA6imL+7V9AvKLpVKuw/bcBgMRTD8/o7",
+                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}],
+            "permissions": [{"user": "bin-user", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}]}"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--no-management",
+            "--bind",
+            "0.0.0.0",
+        ])
+        .arg("--definitions")
+        .arg(&file)
+        // Without a value: no loopback-only users, guest may log in from anywhere.
+        .arg("--loopback-users")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_serving(&mut child, port);
+    login(&format!("amqp://bin-user:guest@127.0.0.1:{port}/%2f")).expect("imported user");
+    let host = non_loopback_ip().map_or("127.0.0.1".to_owned(), |ip| ip.to_string());
+    login(&format!("amqp://guest:guest@{host}:{port}/%2f")).expect("guest from anywhere");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+
+    // A definitions file that is not one: the broker does not start, and says why.
+    std::fs::write(&file, "{not json").unwrap();
+    let out = Command::new(BIN)
+        .args(["--port", &free_port().to_string(), "--no-management"])
+        .arg("--definitions")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("definitions.json") && stderr.contains("invalid definitions"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

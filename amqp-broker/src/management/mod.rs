@@ -1,9 +1,12 @@
 //! The management HTTP API: the commonly used subset of RabbitMQ's management plugin, on its own
 //! port, so tools and scripts written for RabbitMQ work against the bundled broker.
 //!
-//! Every `/api` route needs HTTP basic auth with a broker user (as RabbitMQ's plugin does; a
-//! missing or wrong `Authorization` header gets 401 with a `WWW-Authenticate` challenge, but
-//! for a page's script: see [`require_user`]).
+//! Every `/api` route needs HTTP basic auth with a broker user tagged `management`,
+//! `policymaker`, `monitoring` or `administrator` (as RabbitMQ's plugin does; a missing or wrong
+//! `Authorization` header, or a user without such a tag, gets 401 with a `WWW-Authenticate`
+//! challenge, but for a page's script: see [`require_user`]). Users, vhosts, permissions and
+//! definitions need `administrator` ([`access`]); other users see the vhosts they have
+//! permissions on ([`Shared::may_access`]).
 //! `/metrics` ([`metrics`]) is public, as RabbitMQ's prometheus endpoint: scrapers carry no
 //! credentials.
 //! Answers are JSON in RabbitMQ's shapes; errors are `{"error": ..., "reason": ...}` as there.
@@ -16,6 +19,7 @@
 //! assets, outside the auth layer (they hold no broker data; the page's script calls the API
 //! with the user's credentials).
 
+mod access;
 mod api;
 mod connections;
 mod dashboard;
@@ -29,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,8 +41,8 @@ use base64::Engine as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::broker::Signal;
-use crate::config::Config;
 use crate::error::{AmqpError, reply};
 use crate::registry::Registry;
 use crate::vhost::Vhost;
@@ -46,8 +50,8 @@ use crate::vhost::Vhost;
 /// What every handler reads: the broker's parts, shared with the AMQP side.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub config: Arc<Config>,
-    pub vhost: Arc<Vhost>,
+    /// Users, vhosts and permissions.
+    pub access: Arc<Access>,
     pub registry: Arc<Registry>,
     /// The AMQP listener's address (reported in `/api/overview`'s `listeners`).
     pub amqp_addr: SocketAddr,
@@ -58,17 +62,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Every virtual host, in name order. (One today: `/`.)
+    /// Every virtual host, in name order.
     pub fn vhosts(&self) -> Vec<Arc<Vhost>> {
-        vec![self.vhost.clone()]
+        self.access.vhosts()
     }
 
-    /// Whether `user` may see and act on the objects of vhost `vhost`. Every route decides
-    /// through here, so the users' permissions are checked in this one place (today every
-    /// user may use every vhost).
+    /// Whether `user` may see and act on the objects of vhost `vhost`: administrators may use
+    /// every vhost, other users those they have permissions on (as RabbitMQ's plugin decides).
+    /// Every route decides through here.
     pub fn may_access(&self, user: &AuthUser, vhost: &str) -> bool {
-        let _ = (user, vhost);
-        true
+        user.administrator || self.access.permission(vhost, &user.name).is_some()
     }
 
     /// The vhosts `user` may see, in name order.
@@ -79,13 +82,18 @@ impl Shared {
             .collect()
     }
 
-    /// The vhost named `name` if `user` may use it; otherwise 404, as RabbitMQ answers for a
-    /// vhost that does not exist.
+    /// The vhost named `name` if `user` may use it: 404 if there is none, 401 "User not
+    /// authorised to access virtual host" if the user may not, as RabbitMQ answers.
     pub fn vhost_for(&self, user: &AuthUser, name: &str) -> Result<Arc<Vhost>, ApiError> {
-        self.vhosts_for(user)
-            .into_iter()
-            .find(|v| v.name == name)
-            .ok_or_else(not_found)
+        let vhost = self.access.vhost(name).ok_or_else(not_found)?;
+        if !self.may_access(user, name) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "not_authorised",
+                "User not authorised to access virtual host",
+            ));
+        }
+        Ok(vhost)
     }
 }
 
@@ -93,6 +101,8 @@ impl Shared {
 #[derive(Clone, Debug)]
 pub(crate) struct AuthUser {
     pub name: String,
+    /// Tagged `administrator`: may manage users, vhosts, permissions and definitions.
+    pub administrator: bool,
 }
 
 /// Serves the API on `listener` until the broker shuts down.
@@ -105,6 +115,8 @@ pub(crate) async fn serve(
     let stop = async move {
         let _ = signal.wait_for(|s| *s == Signal::Shutdown).await;
     };
+    // The peer's address reaches `require_user` (loopback-only users).
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -121,6 +133,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(queues::routes())
         .merge(exchanges::routes())
         .merge(connections::routes())
+        .merge(access::routes())
         .layer(middleware::from_fn_with_state(shared.clone(), require_user));
     Router::new()
         .merge(authenticated)
@@ -129,28 +142,45 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Basic auth against the broker's users, as RabbitMQ's management plugin.
+/// Basic auth against the broker's users, as RabbitMQ's management plugin: a user needs a
+/// management-capable tag ("Not management user" otherwise), and a loopback-only user must
+/// come from a loopback address.
 ///
 /// The 401 carries a `WWW-Authenticate` challenge, except for requests marked
 /// `X-Requested-With: XMLHttpRequest` (the dashboard's): a browser answers a challenge to a
 /// script's request with its own login dialog, over the page's login form.
-async fn require_user(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
-    match basic_credentials(req.headers()) {
-        Some((name, password)) if shared.config.authenticate(&name, &password) => {
-            req.extensions_mut().insert(AuthUser { name });
-            next.run(req).await
-        }
-        _ => {
-            let mut response = error(StatusCode::UNAUTHORIZED, "not_authorised", "Login failed");
-            if !from_script(req.headers()) {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-                );
+async fn require_user(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let refusal = match basic_credentials(req.headers()) {
+        None => "Login failed",
+        Some((name, password)) => match shared.access.authenticate(&name, &password) {
+            Some(_)
+                if shared.access.is_loopback_only(&name)
+                    && !peer.ip().to_canonical().is_loopback() =>
+            {
+                "User can only log in via localhost"
             }
-            response
-        }
+            Some(user) if user.is_management() => {
+                let administrator = user.is_administrator();
+                req.extensions_mut().insert(AuthUser {
+                    name,
+                    administrator,
+                });
+                return next.run(req).await;
+            }
+            Some(_) => "Not management user",
+            None => "Login failed",
+        },
+    };
+    let mut response = not_authorised(refusal);
+    if from_script(req.headers()) {
+        response.headers_mut().remove(header::WWW_AUTHENTICATE);
     }
+    response
 }
 
 /// Whether a request says it comes from a page's script (`X-Requested-With: XMLHttpRequest`).
@@ -158,6 +188,16 @@ fn from_script(headers: &HeaderMap) -> bool {
     headers
         .get("x-requested-with")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"))
+}
+
+/// 401 with RabbitMQ's challenge and `{"error": "not_authorised", "reason": reason}`.
+pub(crate) fn not_authorised(reason: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "not_authorised", reason);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+    );
+    response
 }
 
 /// `Authorization: Basic base64(name:password)`.

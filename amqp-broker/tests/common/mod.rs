@@ -71,3 +71,13 @@ pub async fn delayed_topology(ch: &Channel, exchange: &str, durable_exchange: bo
     .await
     .expect("queue.bind");
 }
+
+/// The address this machine reaches others from (not loopback), if it has one: for the
+/// loopback-only users' tests.
+pub fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // A UDP connect sends nothing: it only picks the route and so the source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}

@@ -128,3 +128,45 @@ async fn compare_refuses_an_unknown_scenario() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("there is no scenario 7"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_client_publishes_with_confirms_and_consumes_split_bodies() {
+    let broker = amqp_broker::Broker::builder()
+        .port(0)
+        .start()
+        .await
+        .expect("broker");
+    // frame_max 4096 with 10 KB bodies: every message is three body frames each way.
+    let uri = format!("{}?frame_max=4096", broker.amqp_url());
+    let out = amqp_perf(&[
+        "run", "--client", "raw", "--uri", &uri, "-z", "1", "-x", "2", "-y", "2", "-s", "10000",
+        "-c", "50", "-q", "100", "-A", "10", "--json",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "amqp-perf failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let number = |key: &str| {
+        report[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {report}"))
+    };
+    assert!(number("published") > 0, "{report}");
+    assert!(number("consumed") > 0, "{report}");
+    assert_eq!(
+        number("confirmed"),
+        number("published"),
+        "all confirmed: {report}"
+    );
+    assert_eq!(number("nacked"), 0, "{report}");
+    assert!(
+        report["latency_us"]["count"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["settings"].as_str().unwrap().contains("raw client"),
+        "{report}"
+    );
+    broker.shutdown().await.expect("shutdown");
+}

@@ -44,7 +44,13 @@ impl BundledBroker {
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let log = std::fs::File::create(data_dir.join("broker.log"))?;
         let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--management-port", "0", "--data-dir"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--management-port",
+                "0",
+                "--data-dir",
+            ])
             .arg(data_dir.join("data"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

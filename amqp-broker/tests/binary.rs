@@ -54,7 +54,13 @@ fn serves_amqp_and_exits_cleanly_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("amqp-broker-bin-{}", std::process::id()));
     let port = free_port();
     let mut child = Command::new(BIN)
-        .args(["--port", &port.to_string(), "--management-port", "0", "--data-dir"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--management-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -21,7 +21,13 @@ fn data_dir(name: &str) -> PathBuf {
 fn spawn(dir: &Path) -> (Child, u16) {
     let port = free_port();
     let mut child = Command::new(BIN)
-        .args(["--port", &port.to_string(), "--management-port", "0", "--data-dir"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--management-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -41,7 +47,13 @@ fn a_second_binary_on_the_same_data_dir_refuses_naming_the_dir_and_the_pid() {
     let dir = data_dir("bin");
     let (mut first, _) = spawn(&dir);
     let out = Command::new(BIN)
-        .args(["--port", &free_port().to_string(), "--management-port", "0", "--data-dir"])
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--management-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(&dir)
         .output()
         .unwrap();

@@ -37,7 +37,13 @@ fn rss_mib(pid: u32) -> f64 {
 async fn start(port: u16, dir: &std::path::Path) -> (Child, Connection, Duration) {
     let started = Instant::now();
     let mut child = Command::new(BIN)
-        .args(["--port", &port.to_string(), "--management-port", "0", "--data-dir"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--management-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

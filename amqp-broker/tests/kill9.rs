@@ -42,7 +42,14 @@ impl Broker {
     async fn start(port: u16, dir: &Path) -> (Broker, Connection) {
         // A small memory budget, so most messages are paged out and read back from the log.
         let child = Command::new(BIN)
-            .args(["--port", &port.to_string(), "--management-port", "0", "--queue-memory-bytes", "65536"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--management-port",
+                "0",
+                "--queue-memory-bytes",
+                "65536",
+            ])
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::null())

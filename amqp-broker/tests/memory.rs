@@ -41,7 +41,13 @@ impl Broker {
             .port();
         let started = Instant::now();
         let child = Command::new(BIN)
-            .args(["--port", &port.to_string(), "--management-port", "0", "--data-dir"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--management-port",
+                "0",
+                "--data-dir",
+            ])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

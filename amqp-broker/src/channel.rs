@@ -733,7 +733,7 @@ impl Channel {
             exchange: d.entry.msg.exchange.clone(),
             routing_key: d.entry.msg.routing_key.clone(),
         };
-        self.reply(io, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        io.out.deliver(self.id, &deliver);
         let counted = d.queue.as_ref().and_then(|q| q.properties_for(&d.entry));
         io.out.content(
             self.id,

@@ -54,12 +54,12 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
     let _ = socket.set_nodelay(true);
     let (rd, wr) = socket.into_split();
     let (write_tx, write_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, write_rx));
+    let (mut out, recycler) = FrameWriter::recycling();
+    let writer = tokio::spawn(write_loop(wr, write_rx, recycler));
     let mut reader = Reader {
         rd,
         buf: BytesMut::with_capacity(8192),
     };
-    let mut out = FrameWriter::default();
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(&mut reader, &mut out, &write_tx, &ctx.config),
@@ -114,11 +114,16 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    recycler: codec::Recycler,
+) {
     while let Some(batch) = rx.recv().await {
         if wr.write_all(&batch).await.is_err() {
             return;
         }
+        recycler.give_back(batch);
     }
     let _ = wr.shutdown().await;
 }

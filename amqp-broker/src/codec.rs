@@ -9,6 +9,8 @@
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, basic::gen_properties, gen_class};
 use amq_protocol::types::ShortString;
+use std::sync::{Arc, Mutex};
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::AmqpError;
@@ -185,25 +187,28 @@ fn decode_header(channel: u16, payload: &[u8]) -> Result<Frame, AmqpError> {
 #[derive(Debug, Default)]
 pub struct FrameWriter {
     buf: Vec<u8>,
-    /// Batches the socket writer has finished with, emptied, to be filled again: without them
-    /// every batch would be a fresh allocation grown by doubling.
-    spare: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    /// The last batch the socket writer finished with, emptied, to be filled again: without it
+    /// every batch would be a fresh allocation grown by doubling. One slot, so an idle
+    /// connection holds at most one spare buffer.
+    spare: Option<Arc<Mutex<Option<Vec<u8>>>>>,
 }
 
 /// Where the socket writer gives written batches back to their [`FrameWriter`].
 #[derive(Debug)]
-pub struct Recycler(std::sync::mpsc::Sender<Vec<u8>>);
+pub struct Recycler(Arc<Mutex<Option<Vec<u8>>>>);
 
-/// Batches larger than this are dropped after writing rather than kept: an idle connection keeps
-/// at most a few buffers of this size.
+/// Batches larger than this are dropped after writing rather than kept.
 const RECYCLE_MAX_BYTES: usize = 64 * 1024;
 
 impl Recycler {
-    /// Hands a written batch back (emptied; a large one is freed instead).
+    /// Hands a written batch back (emptied); a large one, or one while the slot is taken, is
+    /// freed instead. Never waits: the slot is only ever held for a swap.
     pub fn give_back(&self, mut batch: Vec<u8>) {
         if batch.capacity() <= RECYCLE_MAX_BYTES {
-            batch.clear();
-            let _ = self.0.send(batch);
+            if let Ok(mut slot) = self.0.try_lock() {
+                batch.clear();
+                slot.get_or_insert(batch);
+            }
         }
     }
 }
@@ -211,12 +216,12 @@ impl Recycler {
 impl FrameWriter {
     /// A writer whose batches come back through the returned [`Recycler`] once written.
     pub fn recycling() -> (Self, Recycler) {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let slot = Arc::new(Mutex::new(None));
         let writer = Self {
             buf: Vec::new(),
-            spare: Some(rx),
+            spare: Some(slot.clone()),
         };
-        (writer, Recycler(tx))
+        (writer, Recycler(slot))
     }
 
     /// Whether nothing is waiting to be written.
@@ -229,7 +234,7 @@ impl FrameWriter {
         let next = self
             .spare
             .as_ref()
-            .and_then(|spare| spare.try_recv().ok())
+            .and_then(|spare| spare.try_lock().ok()?.take())
             .unwrap_or_default();
         std::mem::replace(&mut self.buf, next)
     }

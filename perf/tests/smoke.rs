@@ -27,8 +27,8 @@ async fn a_one_second_run_publishes_consumes_and_reports_json() {
         .expect("broker");
     let url = broker.amqp_url();
     let out = amqp_perf(&[
-        "run", "--uri", &url, "-z", "1", "-x", "1", "-y", "1", "-s", "64", "-c", "100", "-q",
-        "200", "-A", "20", "--json",
+        "run", "--client", "lapin", "--uri", &url, "-z", "1", "-x", "1", "-y", "1", "-s", "64",
+        "-c", "100", "-q", "200", "-A", "20", "--json",
     ])
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -56,6 +56,13 @@ async fn a_one_second_run_publishes_consumes_and_reports_json() {
     assert!(
         !report["uri"].as_str().unwrap().contains("guest:guest"),
         "the password is not printed"
+    );
+    assert!(
+        report["settings"]
+            .as_str()
+            .unwrap()
+            .contains("lapin client"),
+        "{report}"
     );
     broker.shutdown().await.expect("shutdown");
 }
@@ -130,7 +137,7 @@ async fn compare_refuses_an_unknown_scenario() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_raw_client_publishes_with_confirms_and_consumes_split_bodies() {
+async fn the_raw_client_is_the_default_and_publishes_with_confirms_and_consumes_split_bodies() {
     let broker = amqp_broker::Broker::builder()
         .port(0)
         .start()
@@ -139,8 +146,8 @@ async fn the_raw_client_publishes_with_confirms_and_consumes_split_bodies() {
     // frame_max 4096 with 10 KB bodies: every message is three body frames each way.
     let uri = format!("{}?frame_max=4096", broker.amqp_url());
     let out = amqp_perf(&[
-        "run", "--client", "raw", "--uri", &uri, "-z", "1", "-x", "2", "-y", "2", "-s", "10000",
-        "-c", "50", "-q", "100", "-A", "10", "--json",
+        "run", "--uri", &uri, "-z", "1", "-x", "2", "-y", "2", "-s", "10000", "-c", "50", "-q",
+        "100", "-A", "10", "--json",
     ])
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -35,7 +35,7 @@ pub struct CompareOptions {
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
     /// The client producers and consumers use in scenarios 1 to 5.
-    #[arg(long, value_enum, default_value_t = crate::options::Client::Lapin)]
+    #[arg(long, value_enum, default_value_t = crate::options::Client::Raw)]
     pub client: crate::options::Client,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]

@@ -177,3 +177,63 @@ async fn the_raw_client_is_the_default_and_publishes_with_confirms_and_consumes_
     );
     broker.shutdown().await.expect("shutdown");
 }
+
+/// A raw consumer whose queue is deleted under it ends the run with an error (it asked for
+/// `consumer_cancel_notify`), instead of waiting for deliveries that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_consumer_whose_queue_is_deleted_ends_the_run_with_an_error() {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    let broker = amqp_broker::Broker::builder()
+        .port(0)
+        .start()
+        .await
+        .expect("broker");
+    let url = broker.amqp_url();
+    let queue = "amqp-perf-smoke-cancel";
+    let run = Command::new(env!("CARGO_BIN_EXE_amqp-perf"))
+        .args([
+            "run", "--uri", &url, "-u", queue, "-x", "0", "-y", "1", "-z", "60", "--quiet",
+        ])
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("amqp-perf started");
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    // Wait (polling, no timing asserted) until the tool's consumer is on the queue; a passive
+    // declare of a queue not there yet closes the channel (404), so take a new one then.
+    let mut channel = connection.create_channel().await.expect("channel");
+    let subscribed = async {
+        loop {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match channel
+                .queue_declare(queue.into(), passive, Default::default())
+                .await
+            {
+                Ok(q) if q.consumer_count() > 0 => return,
+                Ok(_) => {}
+                Err(_) => channel = connection.create_channel().await.expect("channel"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), subscribed)
+        .await
+        .expect("the tool's consumer subscribed within 30 s");
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    let out = tokio::time::timeout(Duration::from_secs(30), run.wait_with_output())
+        .await
+        .expect("amqp-perf ended well before its 60 s")
+        .expect("amqp-perf output");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cancelled the consumer"), "{stderr}");
+    broker.shutdown().await.expect("shutdown");
+}

@@ -72,8 +72,13 @@ impl Connection {
         {
             anyhow::bail!("the broker does not offer PLAIN authentication");
         }
+        // Without this capability a broker drops a consumer whose queue is deleted silently,
+        // and the consumer would wait for deliveries that never come.
+        let mut capabilities = FieldTable::default();
+        capabilities.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
         let mut properties = FieldTable::default();
         properties.insert("product".into(), AMQPValue::LongString("amqp-perf".into()));
+        properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
         properties.insert("connection_name".into(), AMQPValue::LongString(name.into()));
         let user = &uri.authority.userinfo;
         let response = format!("\0{}\0{}", user.username, user.password);

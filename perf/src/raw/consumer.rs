@@ -118,6 +118,11 @@ pub async fn run(
                     current.remaining = Some(left);
                     left == 0
                 }
+                Incoming::Method(_, method)
+                    if matches!(*method, AMQPClass::Basic(basic::AMQPMethod::Cancel(_))) =>
+                {
+                    anyhow::bail!("the broker cancelled the consumer");
+                }
                 Incoming::Heartbeat | Incoming::Confirm { .. } | Incoming::Method(..) => false,
             };
             if !done {

@@ -813,7 +813,7 @@ impl Channel {
             exchange: d.entry.msg.exchange.clone(),
             routing_key: d.entry.msg.routing_key.clone(),
         };
-        self.reply(io, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        io.out.deliver(self.id, &deliver);
         if let Some(q) = &d.queue {
             q.counters.delivered(d.entry.redelivered);
         }

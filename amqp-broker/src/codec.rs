@@ -7,8 +7,10 @@
 //! per batch, so a delivery is one copy of its body.
 
 use amq_protocol::frame::WriteContext;
-use amq_protocol::protocol::{AMQPClass, BasicProperties, basic::gen_properties, gen_class};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, basic::gen_properties, gen_class};
 use amq_protocol::types::ShortString;
+use std::sync::{Arc, Mutex};
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::AmqpError;
@@ -100,6 +102,9 @@ fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         ))
         .on(class_id, method_id));
     }
+    if let Some(class) = decode_hot_method(payload) {
+        return Ok(class);
+    }
     match amq_protocol::protocol::parse_class(payload) {
         Ok(([], class)) => Ok(class),
         _ => Err(AmqpError::frame_error(format_args!(
@@ -107,6 +112,44 @@ fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         ))
         .on(class_id, method_id)),
     }
+}
+
+/// `basic.publish` and `basic.ack` decoded by hand: their layouts are fixed, and the generic
+/// parser spends most of its time building a named-flags list per method. `None` for any other
+/// method, and for anything unusual (wrong length, a name that is not UTF-8), which the generic
+/// parser then decodes or refuses exactly as before.
+fn decode_hot_method(payload: &[u8]) -> Option<AMQPClass> {
+    match payload.get(..4)? {
+        [0, 60, 0, 40] => {
+            // reserved-1 (2), exchange (short string), routing key (short string), flags (1).
+            let (exchange, rest) = short_string(payload.get(6..)?)?;
+            let (routing_key, rest) = short_string(rest)?;
+            let [flags] = rest else { return None };
+            Some(AMQPClass::Basic(basic::AMQPMethod::Publish(
+                basic::Publish {
+                    exchange,
+                    routing_key,
+                    mandatory: flags & 1 != 0,
+                    immediate: flags & 2 != 0,
+                },
+            )))
+        }
+        [0, 60, 0, 80] if payload.len() == 13 => {
+            let delivery_tag = u64::from_be_bytes(payload[4..12].try_into().ok()?);
+            Some(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple: payload[12] & 1 != 0,
+            })))
+        }
+        _ => None,
+    }
+}
+
+/// A short string at the start of `bytes`, and what follows it.
+fn short_string(bytes: &[u8]) -> Option<(ShortString, &[u8])> {
+    let (&len, rest) = bytes.split_first()?;
+    let (text, rest) = rest.split_at_checked(usize::from(len))?;
+    Some((ShortString::from(std::str::from_utf8(text).ok()?), rest))
 }
 
 /// The methods of AMQP 0-9-1 as RabbitMQ extends it (class id, method ids).
@@ -144,17 +187,56 @@ fn decode_header(channel: u16, payload: &[u8]) -> Result<Frame, AmqpError> {
 #[derive(Debug, Default)]
 pub struct FrameWriter {
     buf: Vec<u8>,
+    /// The last batch the socket writer finished with, emptied, to be filled again: without it
+    /// every batch would be a fresh allocation grown by doubling. One slot, so an idle
+    /// connection holds at most one spare buffer.
+    spare: Option<Arc<Mutex<Option<Vec<u8>>>>>,
+}
+
+/// Where the socket writer gives written batches back to their [`FrameWriter`].
+#[derive(Debug)]
+pub struct Recycler(Arc<Mutex<Option<Vec<u8>>>>);
+
+/// Batches larger than this are dropped after writing rather than kept.
+const RECYCLE_MAX_BYTES: usize = 64 * 1024;
+
+impl Recycler {
+    /// Hands a written batch back (emptied); a large one, or one while the slot is taken, is
+    /// freed instead. Never waits: the slot is only ever held for a swap.
+    pub fn give_back(&self, mut batch: Vec<u8>) {
+        if batch.capacity() <= RECYCLE_MAX_BYTES {
+            if let Ok(mut slot) = self.0.try_lock() {
+                batch.clear();
+                slot.get_or_insert(batch);
+            }
+        }
+    }
 }
 
 impl FrameWriter {
+    /// A writer whose batches come back through the returned [`Recycler`] once written.
+    pub fn recycling() -> (Self, Recycler) {
+        let slot = Arc::new(Mutex::new(None));
+        let writer = Self {
+            buf: Vec::new(),
+            spare: Some(slot.clone()),
+        };
+        (writer, Recycler(slot))
+    }
+
     /// Whether nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
-    /// Takes the batch out, leaving the writer empty.
+    /// Takes the batch out, leaving the writer empty (with a recycled buffer when one is back).
     pub fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
+        let next = self
+            .spare
+            .as_ref()
+            .and_then(|spare| spare.try_lock().ok()?.take())
+            .unwrap_or_default();
+        std::mem::replace(&mut self.buf, next)
     }
 
     /// Appends raw bytes (the protocol header).
@@ -170,6 +252,40 @@ impl FrameWriter {
             let ctx = gen_class(method)(ctx).expect("encoding into a Vec never fails");
             *buf = ctx.write;
         });
+    }
+
+    /// Appends `basic.deliver`, written by hand: it goes out once per message, and the generic
+    /// generator builds a named-flags list for it each time. Names over 255 bytes (which no short
+    /// string can hold) take the generic path, which refuses them as before.
+    pub fn deliver(&mut self, channel: u16, deliver: &basic::Deliver) {
+        let names = [
+            deliver.consumer_tag.as_str(),
+            deliver.exchange.as_str(),
+            deliver.routing_key.as_str(),
+        ];
+        if names.iter().any(|n| n.len() > usize::from(u8::MAX)) {
+            let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver.clone()));
+            return self.method(channel, &method);
+        }
+        let size = 4 + 8 + 1 + names.iter().map(|n| 1 + n.len()).sum::<usize>();
+        self.buf.reserve(size + FRAME_OVERHEAD);
+        self.buf.push(FRAME_METHOD);
+        self.buf.extend_from_slice(&channel.to_be_bytes());
+        self.buf.extend_from_slice(&(size as u32).to_be_bytes());
+        self.buf.extend_from_slice(&[0, 60, 0, 60]);
+        self.short_string(names[0]);
+        self.buf
+            .extend_from_slice(&deliver.delivery_tag.to_be_bytes());
+        self.buf.push(u8::from(deliver.redelivered));
+        self.short_string(names[1]);
+        self.short_string(names[2]);
+        self.buf.push(FRAME_END);
+    }
+
+    /// Appends a short string (at most 255 bytes: checked by the caller).
+    fn short_string(&mut self, s: &str) {
+        self.buf.push(s.len() as u8);
+        self.buf.extend_from_slice(s.as_bytes());
     }
 
     /// Appends a heartbeat frame.
@@ -250,6 +366,28 @@ mod tests {
     }
 
     #[test]
+    fn written_batches_are_reused_and_large_ones_freed() {
+        let (mut w, recycler) = FrameWriter::recycling();
+        w.heartbeat();
+        let first = w.take();
+        let address = first.as_ptr();
+        recycler.give_back(first);
+        w.heartbeat();
+        let second = w.take(); // filled before the first came back; the first is next in line
+        w.heartbeat();
+        let third = w.take();
+        assert_eq!(third.as_ptr(), address, "the written batch came back");
+        assert_ne!(second.as_ptr(), address);
+        recycler.give_back(Vec::with_capacity(RECYCLE_MAX_BYTES + 1));
+        w.heartbeat();
+        w.take();
+        assert!(
+            w.buf.capacity() <= RECYCLE_MAX_BYTES,
+            "a large batch is not kept"
+        );
+    }
+
+    #[test]
     fn a_method_round_trips_split_at_every_offset() {
         let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
         let bytes = encoded(|w| w.method(7, &open));
@@ -288,6 +426,82 @@ mod tests {
             }
             assert_eq!(got, body);
         }
+    }
+
+    #[test]
+    fn a_deliver_is_byte_for_byte_what_amq_protocol_generates() {
+        let long = "x".repeat(255);
+        for (tag, redelivered, exchange, key) in [
+            ("amq.ctag-1", false, "", "a-queue"),
+            ("c", true, "amq.topic", "a.b.c"),
+            (long.as_str(), true, long.as_str(), long.as_str()),
+        ] {
+            let deliver = basic::Deliver {
+                consumer_tag: tag.into(),
+                delivery_tag: 0x0102_0304_0506_0708,
+                redelivered,
+                exchange: exchange.into(),
+                routing_key: key.into(),
+            };
+            let generic = AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver.clone()));
+            assert_eq!(
+                encoded(|w| w.deliver(3, &deliver)),
+                encoded(|w| w.method(3, &generic))
+            );
+        }
+    }
+
+    /// The hand-written decoders against amq-protocol's parser, on frames from its generator.
+    #[test]
+    fn publish_and_ack_decode_as_amq_protocol_parses_them() {
+        let long = "k".repeat(255);
+        let mut methods = Vec::new();
+        for (exchange, key) in [("", "q"), ("amq.direct", long.as_str()), ("", "")] {
+            for (mandatory, immediate) in
+                [(false, false), (true, false), (false, true), (true, true)]
+            {
+                methods.push(basic::AMQPMethod::Publish(basic::Publish {
+                    exchange: exchange.into(),
+                    routing_key: key.into(),
+                    mandatory,
+                    immediate,
+                }));
+            }
+        }
+        for (delivery_tag, multiple) in [(1, false), (u64::MAX, true), (0, true)] {
+            methods.push(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple,
+            }));
+        }
+        for method in methods {
+            let class = AMQPClass::Basic(method);
+            let bytes = encoded(|w| w.method(1, &class));
+            let payload = &bytes[7..bytes.len() - 1];
+            let fast = decode_hot_method(payload).expect("a hot method");
+            let (rest, generic) = amq_protocol::protocol::parse_class(payload).expect("parses");
+            assert!(rest.is_empty());
+            assert_eq!(fast, generic);
+            assert_eq!(fast, class);
+        }
+    }
+
+    #[test]
+    fn unusual_publish_and_ack_frames_take_the_generic_path() {
+        // Truncated, a trailing byte, a routing key that is not UTF-8, an ack one byte short.
+        for payload in [
+            &[0, 60, 0, 40, 0, 0, 0][..],
+            &[0, 60, 0, 40, 0, 0, 0, 1, b'q', 0, 0][..],
+            &[0, 60, 0, 40, 0, 0, 0, 1, 0xff, 0][..],
+            &[0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1][..],
+        ] {
+            assert_eq!(decode_hot_method(payload), None, "{payload:?}");
+        }
+        let mut bytes = vec![FRAME_METHOD, 0, 1, 0, 0, 0, 10];
+        bytes.extend_from_slice(&[0, 60, 0, 40, 0, 0, 0, 1, 0xff, 0]);
+        bytes.push(FRAME_END);
+        let err = decode(&mut BytesMut::from(&bytes[..]), 4096).unwrap_err();
+        assert_eq!(err.code, crate::error::reply::FRAME_ERROR);
     }
 
     #[test]

@@ -79,12 +79,12 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (write_tx, write_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, write_rx));
+    let (mut out, recycler) = FrameWriter::recycling();
+    let writer = tokio::spawn(write_loop(wr, write_rx, recycler));
     let mut reader = Reader {
         rd,
         buf: BytesMut::with_capacity(8192),
     };
-    let mut out = FrameWriter::default();
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(&mut reader, &mut out, &write_tx, &ctx, peer),
@@ -150,13 +150,18 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    recycler: codec::Recycler,
+) {
     while let Some(batch) = rx.recv().await {
         // A TLS stream may keep the tail of a batch in its buffer when the socket is full, until
         // flushed; on a plain socket flushing is a no-op.
         if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
             return;
         }
+        recycler.give_back(batch);
     }
     let _ = wr.shutdown().await;
 }

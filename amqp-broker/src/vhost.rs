@@ -458,6 +458,9 @@ impl Vhost {
     /// The delay a message published to `exchange` waits for: `Some` when it is an
     /// `x-delayed-message` exchange and the `x-delay` header asks for a positive delay.
     pub fn delay_for(&self, exchange: &ShortString, headers: Option<&FieldTable>) -> Option<Delay> {
+        if exchange.as_str().is_empty() {
+            return None; // the default exchange is a direct one: no lookup (one per publish)
+        }
         let topo = self.topology.read();
         let x = topo.exchanges.get(exchange)?;
         if x.kind != ExchangeKind::DelayedMessage {
@@ -532,7 +535,9 @@ impl Vhost {
         headers: Option<&FieldTable>,
     ) -> AmqpResult<Route> {
         let topo = self.topology.read();
-        if let Some(x) = topo.exchanges.get(exchange).filter(|x| x.internal) {
+        // The default exchange is never internal: no lookup for it (one per publish).
+        let internal = || topo.exchanges.get(exchange).filter(|x| x.internal);
+        if let Some(x) = (!exchange.as_str().is_empty()).then(internal).flatten() {
             return Err(AmqpError::access_refused(format_args!(
                 "cannot publish to internal exchange '{}' in vhost '{}'",
                 x.name, self.name
@@ -872,6 +877,11 @@ impl Topology {
         headers: Option<&FieldTable>,
         vhost: &str,
     ) -> AmqpResult<Route> {
+        if let ("", [key]) = (exchange.as_str(), keys) {
+            // The usual publish: one key, one queue by that name at most.
+            let queues = self.queues.get(key.as_str()).cloned().into_iter().collect();
+            return Ok(Route { queues });
+        }
         if exchange.as_str().is_empty() {
             let mut seen = BTreeSet::new();
             let queues = keys

@@ -1,7 +1,8 @@
 //! `amqp-perf`: a PerfTest-style load generator for AMQP 0-9-1 brokers, and a same-run comparison
 //! of the bundled broker with RabbitMQ.
 //!
-//! It speaks raw AMQP through `lapin` (not the framework), so it measures brokers:
+//! It speaks raw AMQP through `lapin` (not the framework), or with `--client raw` through its own
+//! AMQP code built for load generation (see `raw`), so it measures brokers:
 //!
 //! ```text
 //! amqp-perf run --uri amqp://guest:guest@127.0.0.1:5672/%2f -x 1 -y 1 -s 16 -z 10
@@ -15,6 +16,7 @@ mod counters;
 mod histogram;
 mod options;
 mod producer;
+mod raw;
 mod report;
 mod run;
 

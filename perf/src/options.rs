@@ -1,9 +1,21 @@
 //! What one load run does: the PerfTest-style settings, as command-line flags.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 /// The default broker: a local RabbitMQ (or the bundled broker on its default port).
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The AMQP client producers and consumers use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Client {
+    /// `lapin`, a general-purpose client (an I/O thread per connection, a promise per publish):
+    /// it needs several times the broker's CPU per message, so it bounds the rates.
+    Lapin,
+    /// The tool's own AMQP 0-9-1 code: one task per connection, batched writes, multi-acks per
+    /// read (see `raw`); a small fraction of the broker's CPU per message.
+    #[default]
+    Raw,
+}
 
 /// One run: producers publish to one queue through the default exchange, consumers drain it.
 #[derive(Debug, Clone, Args)]
@@ -55,6 +67,9 @@ pub struct RunOptions {
     /// Connections to open (one channel each) and hold idle during the run.
     #[arg(long = "idle-connections", default_value_t = 0)]
     pub idle_connections: usize,
+    /// The client producers and consumers use (queue setup and idle connections use lapin).
+    #[arg(long, value_enum, default_value_t = Client::Raw)]
+    pub client: Client,
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -81,6 +96,7 @@ impl Default for RunOptions {
             queue: None,
             consume_count: None,
             idle_connections: 0,
+            client: Client::Raw,
             json: false,
             quiet: false,
         }
@@ -145,6 +161,10 @@ impl RunOptions {
         if self.idle_connections > 0 {
             s += &format!(", {} idle connections", self.idle_connections);
         }
+        s += match self.client {
+            Client::Raw => ", raw client",
+            Client::Lapin => ", lapin client",
+        };
         s
     }
 }

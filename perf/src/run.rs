@@ -14,9 +14,9 @@ use tokio::time::Instant;
 
 use crate::counters::Counters;
 use crate::histogram::Histogram;
-use crate::options::RunOptions;
+use crate::options::{Client, RunOptions};
 use crate::report::{Progress, Report};
-use crate::{clock, consumer, producer};
+use crate::{clock, consumer, producer, raw};
 
 /// How often the run checks whether it is over (duration, or consume count reached).
 const TICK: Duration = Duration::from_millis(5);
@@ -115,6 +115,12 @@ impl IdleConnections {
     }
 }
 
+/// A producer's connection, opened before the clock starts.
+enum ProducerConnection {
+    Lapin(Connection),
+    Raw(raw::connection::Connection),
+}
+
 /// Runs the load described by `options` and reports what it measured.
 pub async fn run(options: &RunOptions) -> anyhow::Result<Report> {
     options.validate()?;
@@ -148,25 +154,44 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Report> {
     let counters = Arc::new(Counters::default());
     let mut consumers = JoinSet::new();
     for i in 0..options.consumers {
-        let connection = connect(&options.uri, &format!("amqp-perf consumer {i}")).await?;
-        let subscribed =
-            consumer::subscribe(connection, &queue, &format!("amqp-perf-{i}"), options).await?;
-        consumers.spawn(consumer::run(subscribed, options.clone(), counters.clone()));
+        let name = format!("amqp-perf consumer {i}");
+        let tag = format!("amqp-perf-{i}");
+        match options.client {
+            Client::Lapin => {
+                let connection = connect(&options.uri, &name).await?;
+                let subscribed = consumer::subscribe(connection, &queue, &tag, options).await?;
+                consumers.spawn(consumer::run(subscribed, options.clone(), counters.clone()));
+            }
+            Client::Raw => {
+                let conn =
+                    raw::consumer::subscribe(&options.uri, &name, &queue, &tag, options).await?;
+                consumers.spawn(raw::consumer::run(conn, options.clone(), counters.clone()));
+            }
+        }
     }
     let mut producers = JoinSet::new();
     let mut producer_connections = Vec::with_capacity(options.producers);
     for i in 0..options.producers {
-        producer_connections.push(connect(&options.uri, &format!("amqp-perf producer {i}")).await?);
+        let name = format!("amqp-perf producer {i}");
+        producer_connections.push(match options.client {
+            Client::Lapin => ProducerConnection::Lapin(connect(&options.uri, &name).await?),
+            Client::Raw => ProducerConnection::Raw(
+                raw::connection::Connection::open(&options.uri, &name).await?,
+            ),
+        });
     }
 
     let started = Instant::now();
     for connection in producer_connections {
-        producers.spawn(producer::run(
-            connection,
-            queue.clone(),
-            options.clone(),
-            counters.clone(),
-        ));
+        let (queue, options, counters) = (queue.clone(), options.clone(), counters.clone());
+        match connection {
+            ProducerConnection::Lapin(c) => {
+                producers.spawn(producer::run(c, queue, options, counters))
+            }
+            ProducerConnection::Raw(c) => {
+                producers.spawn(raw::producer::run(c, queue, options, counters))
+            }
+        };
     }
     let duration = Duration::from_secs_f64(options.duration_secs);
     let mut progress = Progress::new(started, options.quiet || options.json);

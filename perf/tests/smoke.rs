@@ -27,8 +27,8 @@ async fn a_one_second_run_publishes_consumes_and_reports_json() {
         .expect("broker");
     let url = broker.amqp_url();
     let out = amqp_perf(&[
-        "run", "--uri", &url, "-z", "1", "-x", "1", "-y", "1", "-s", "64", "-c", "100", "-q",
-        "200", "-A", "20", "--json",
+        "run", "--client", "lapin", "--uri", &url, "-z", "1", "-x", "1", "-y", "1", "-s", "64",
+        "-c", "100", "-q", "200", "-A", "20", "--json",
     ])
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -56,6 +56,13 @@ async fn a_one_second_run_publishes_consumes_and_reports_json() {
     assert!(
         !report["uri"].as_str().unwrap().contains("guest:guest"),
         "the password is not printed"
+    );
+    assert!(
+        report["settings"]
+            .as_str()
+            .unwrap()
+            .contains("lapin client"),
+        "{report}"
     );
     broker.shutdown().await.expect("shutdown");
 }
@@ -127,4 +134,106 @@ async fn compare_refuses_an_unknown_scenario() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("there is no scenario 7"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_client_is_the_default_and_publishes_with_confirms_and_consumes_split_bodies() {
+    let broker = amqp_broker::Broker::builder()
+        .port(0)
+        .start()
+        .await
+        .expect("broker");
+    // frame_max 4096 with 10 KB bodies: every message is three body frames each way.
+    let uri = format!("{}?frame_max=4096", broker.amqp_url());
+    let out = amqp_perf(&[
+        "run", "--uri", &uri, "-z", "1", "-x", "2", "-y", "2", "-s", "10000", "-c", "50", "-q",
+        "100", "-A", "10", "--json",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "amqp-perf failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let number = |key: &str| {
+        report[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {report}"))
+    };
+    assert!(number("published") > 0, "{report}");
+    assert!(number("consumed") > 0, "{report}");
+    assert_eq!(
+        number("confirmed"),
+        number("published"),
+        "all confirmed: {report}"
+    );
+    assert_eq!(number("nacked"), 0, "{report}");
+    assert!(
+        report["latency_us"]["count"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["settings"].as_str().unwrap().contains("raw client"),
+        "{report}"
+    );
+    broker.shutdown().await.expect("shutdown");
+}
+
+/// A raw consumer whose queue is deleted under it ends the run with an error (it asked for
+/// `consumer_cancel_notify`), instead of waiting for deliveries that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_consumer_whose_queue_is_deleted_ends_the_run_with_an_error() {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    let broker = amqp_broker::Broker::builder()
+        .port(0)
+        .start()
+        .await
+        .expect("broker");
+    let url = broker.amqp_url();
+    let queue = "amqp-perf-smoke-cancel";
+    let run = Command::new(env!("CARGO_BIN_EXE_amqp-perf"))
+        .args([
+            "run", "--uri", &url, "-u", queue, "-x", "0", "-y", "1", "-z", "60", "--quiet",
+        ])
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("amqp-perf started");
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    // Wait (polling, no timing asserted) until the tool's consumer is on the queue; a passive
+    // declare of a queue not there yet closes the channel (404), so take a new one then.
+    let mut channel = connection.create_channel().await.expect("channel");
+    let subscribed = async {
+        loop {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match channel
+                .queue_declare(queue.into(), passive, Default::default())
+                .await
+            {
+                Ok(q) if q.consumer_count() > 0 => return,
+                Ok(_) => {}
+                Err(_) => channel = connection.create_channel().await.expect("channel"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), subscribed)
+        .await
+        .expect("the tool's consumer subscribed within 30 s");
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    let out = tokio::time::timeout(Duration::from_secs(30), run.wait_with_output())
+        .await
+        .expect("amqp-perf ended well before its 60 s")
+        .expect("amqp-perf output");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cancelled the consumer"), "{stderr}");
+    broker.shutdown().await.expect("shutdown");
 }

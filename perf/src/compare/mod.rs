@@ -34,6 +34,9 @@ pub struct CompareOptions {
     /// Idle connections in scenario 6.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
+    /// The client producers and consumers use in scenarios 1 to 5.
+    #[arg(long, value_enum, default_value_t = crate::options::Client::Raw)]
+    pub client: crate::options::Client,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +53,8 @@ pub struct Comparison {
     pub memory_mib: u64,
     /// One-minute load average before and after.
     pub load_average: (f64, f64),
+    /// The load tool's client (`lapin` or `raw`).
+    pub client: String,
     /// How scenario 6's figure is measured.
     pub memory_method: &'static str,
     /// One entry per scenario.
@@ -122,6 +127,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<()> {
     let settings = Settings {
         duration_secs: options.duration_secs,
         idle_connections: idle_connection_count(options).await,
+        client: options.client,
     };
     let rabbitmq = Target {
         url: options.rabbitmq_url.clone(),
@@ -169,6 +175,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<()> {
         nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
         memory_mib: memory_mib().unwrap_or(0),
         load_average: (load_before, procstat::load_average().unwrap_or(f64::NAN)),
+        client: format!("{:?}", options.client).to_lowercase(),
         memory_method: MEMORY_METHOD,
         scenarios: results,
     };

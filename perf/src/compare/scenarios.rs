@@ -52,6 +52,8 @@ pub struct Settings {
     pub duration_secs: f64,
     /// Idle connections opened in scenario 6.
     pub idle_connections: usize,
+    /// The load tool's client.
+    pub client: crate::options::Client,
 }
 
 /// One of the six scenarios.
@@ -118,6 +120,7 @@ impl Scenario {
             duration_secs: settings.duration_secs,
             prefetch: PREFETCH,
             multi_ack_every: MULTI_ACK,
+            client: settings.client,
             quiet: true,
             json: true,
             ..RunOptions::default()

@@ -75,8 +75,9 @@ pub fn render(c: &Comparison) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nbundled broker vs RabbitMQ, {} — {} CPUs, {} MiB, load average {:.2} before, {:.2} after\n",
-        c.date, c.nproc, c.memory_mib, c.load_average.0, c.load_average.1
+        "\nbundled broker vs RabbitMQ, {} — {} CPUs, {} MiB, load average {:.2} before, {:.2} after, \
+         {} client\n",
+        c.date, c.nproc, c.memory_mib, c.load_average.0, c.load_average.1, c.client
     );
     let _ = writeln!(
         out,

@@ -17,7 +17,7 @@ use crate::registry::{ConnectionInfo, Registry};
 use crate::store::io::FileStorage;
 use crate::store::lock::{DirLock, LockError};
 use crate::store::{Store, StoreOptions};
-use crate::vhost::Vhost;
+use crate::vhost::{QueueLimits, Vhost};
 
 /// Builds a [`Broker`]; every setting has RabbitMQ's default.
 #[derive(Debug, Default)]
@@ -116,6 +116,15 @@ impl BrokerBuilder {
         self
     }
 
+    /// Caps every queue at `bytes` of ready message bodies, as a RabbitMQ operator policy
+    /// `max-length-bytes` does (default: no cap). A queue's own lower `x-max-length-bytes`
+    /// still applies; past the cap its `x-overflow` decides (drop-head by default;
+    /// reject-publish nacks the publisher).
+    pub fn queue_max_length_bytes(mut self, bytes: u64) -> Self {
+        self.config.queue_max_length_bytes = Some(bytes);
+        self
+    }
+
     /// Serves the management HTTP API on `port` (0 picks a free one; RabbitMQ's is 15672).
     /// Off unless asked for; the binary serves it on 15672 by default.
     pub fn management_port(mut self, port: u16) -> Self {
@@ -170,13 +179,16 @@ impl BrokerBuilder {
             None => None,
         };
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes);
+        let limits = QueueLimits {
+            max_length_bytes: config.queue_max_length_bytes,
+        };
         let vhost = match store {
             Some((store, recovered)) => {
-                let vhost = Vhost::with_memory("/", Some(store), memory);
+                let vhost = Vhost::with_limits("/", Some(store), memory, limits);
                 vhost.restore(recovered);
                 vhost
             }
-            None => Vhost::with_memory("/", None, memory),
+            None => Vhost::with_limits("/", None, memory, limits),
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(Signal::Run);
         let registry = Arc::new(Registry::default());

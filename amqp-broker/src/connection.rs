@@ -78,7 +78,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 heartbeat_secs: tuned.heartbeat_secs,
             };
             let registration = ctx.registry.register(info);
-            let (outbox, inbox) = mpsc::unbounded_channel();
+            let (outbox, mut inbox) = mpsc::unbounded_channel();
             let alarm = ctx.vhost.memory.subscribe();
             let mut conn = Conn {
                 id,
@@ -94,8 +94,15 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Context) {
                 closing: None,
                 write_tx: write_tx.clone(),
             };
-            conn.run(&mut reader, inbox, &registration.close).await;
+            conn.run(&mut reader, &mut inbox, &registration.close).await;
             conn.release_all();
+            // Deliveries queued for this connection that it never wrote go back to their
+            // queues (with the channels gone, `outbound` returns them): dropping them with the
+            // inbox would lose them, confirmed persistent messages included.
+            inbox.close();
+            while let Ok(undelivered) = inbox.try_recv() {
+                conn.outbound(undelivered);
+            }
         }
         Ok(Ok(None)) => {}
         Ok(Err(e)) => {
@@ -470,7 +477,7 @@ impl Conn {
     async fn run(
         &mut self,
         reader: &mut Reader,
-        mut inbox: mpsc::UnboundedReceiver<Outbound>,
+        inbox: &mut mpsc::UnboundedReceiver<Outbound>,
         close_requested: &Notify,
     ) {
         let heartbeat = Duration::from_secs(u64::from(self.tuned.heartbeat_secs));

@@ -8,6 +8,7 @@
 # persistent publishes with confirms to durable queues, consumers, one slow consumer, random
 # abrupt disconnects, a probe connection every 100 ms, the broker's RSS every second), then
 # stops the broker and removes the directory. Exits non-zero if a confirmed message was lost.
+# SOAK_BROKER_ARGS adds broker flags, e.g. SOAK_BROKER_ARGS="--queue-memory-bytes 1048576".
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,8 +37,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+read -r -a broker_args <<<"${SOAK_BROKER_ARGS:-}"
 RUST_LOG=warn target/release/amqp-broker --port "$port" --no-management \
-    --data-dir "$work/data" 2>"$work/broker.log" &
+    --data-dir "$work/data" "${broker_args[@]}" 2>"$work/broker.log" &
 broker_pid=$!
 
 ready=no

@@ -498,7 +498,10 @@ fn publish(u: &mut Unstructured) -> Result<Vec<u8>> {
         immediate: u.ratio(1, 16)?,
     };
     let channel = channel_id(u)?;
-    let mut out = method_frame(channel, &AMQPClass::Basic(basic::AMQPMethod::Publish(publish)));
+    let mut out = method_frame(
+        channel,
+        &AMQPClass::Basic(basic::AMQPMethod::Publish(publish)),
+    );
     let body_len = match u.int_in_range(0..=9)? {
         0 => 0,
         1 => 64 * 1024 + 1,
@@ -530,7 +533,11 @@ fn start_ok(u: &mut Unstructured) -> Result<connection::AMQPMethod> {
         }
     };
     let mut capabilities = FieldTable::default();
-    for capability in ["authentication_failure_close", "connection.blocked", "consumer_cancel_notify"] {
+    for capability in [
+        "authentication_failure_close",
+        "connection.blocked",
+        "consumer_cancel_notify",
+    ] {
         capabilities.insert(capability.into(), AMQPValue::Boolean(u.arbitrary()?));
     }
     let mut client_properties = FieldTable::default();

@@ -118,6 +118,15 @@ impl BrokerBuilder {
         self
     }
 
+    /// Caps every queue at `bytes` of ready message bodies, as a RabbitMQ operator policy
+    /// `max-length-bytes` does (default: no cap). A queue's own lower `x-max-length-bytes`
+    /// still applies; past the cap its `x-overflow` decides (drop-head by default;
+    /// reject-publish nacks the publisher).
+    pub fn queue_max_length_bytes(mut self, bytes: u64) -> Self {
+        self.config.queue_max_length_bytes = Some(bytes);
+        self
+    }
+
     /// Serves the management HTTP API on `port` (0 picks a free one; RabbitMQ's is 15672).
     /// Off unless asked for; the binary serves it on 15672 by default.
     pub fn management_port(mut self, port: u16) -> Self {

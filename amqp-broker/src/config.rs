@@ -85,6 +85,13 @@ pub struct Config {
     /// estimate per message); persistent messages beyond it live in the queue's log only and are
     /// read back in batches when consumers reach them. Transient messages are never paged out.
     pub queue_memory_budget_bytes: u64,
+    /// Most body bytes of ready messages any one queue holds, for every queue: RabbitMQ's
+    /// answer to "queued bytes in memory" is an operator policy `max-length-bytes` (the lower of
+    /// it and a queue's own `x-max-length-bytes` applies), which this is. Past it the queue's
+    /// `x-overflow` decides: drop-head (the default) drops or dead-letters the oldest message,
+    /// reject-publish answers the publisher with `basic.nack`. `None` (the default): no limit
+    /// beyond the queue's own arguments.
+    pub queue_max_length_bytes: Option<u64>,
     /// Port of the management HTTP API (see the `management` module); `None` serves none, 0
     /// picks a free port (read it back with [`crate::Broker::management_port`]). It listens on
     /// [`Config::bind`], like the AMQP port.
@@ -115,6 +122,7 @@ impl Default for Config {
             segment_bytes: 16 * 1024 * 1024,
             memory_high_watermark_bytes: crate::memory::default_high_watermark_bytes(),
             queue_memory_budget_bytes: DEFAULT_QUEUE_MEMORY_BUDGET_BYTES,
+            queue_max_length_bytes: None,
             management_port: None,
             tls: None,
             tls_port: DEFAULT_TLS_PORT,

@@ -113,7 +113,7 @@ where
             };
             let registration = ctx.registry.register(info, details);
             let _open = tuned.vhost.metrics.connection_opened();
-            let (outbox, inbox) = mpsc::unbounded_channel();
+            let (outbox, mut inbox) = mpsc::unbounded_channel();
             let alarm = ctx.access.memory.subscribe();
             let mut conn = Conn {
                 id,
@@ -130,8 +130,15 @@ where
                 write_tx: write_tx.clone(),
                 channel_views: registration.channels.clone(),
             };
-            conn.run(&mut reader, inbox, &registration.close).await;
+            conn.run(&mut reader, &mut inbox, &registration.close).await;
             conn.release_all();
+            // Deliveries queued for this connection that it never wrote go back to their
+            // queues (with the channels gone, `outbound` returns them): dropping them with the
+            // inbox would lose them, confirmed persistent messages included.
+            inbox.close();
+            while let Ok(undelivered) = inbox.try_recv() {
+                conn.outbound(undelivered);
+            }
         }
         Ok(Ok(None)) => {}
         Ok(Err(e)) => {
@@ -541,7 +548,7 @@ impl Conn {
     async fn run(
         &mut self,
         reader: &mut Reader<impl AsyncRead + Unpin>,
-        mut inbox: mpsc::UnboundedReceiver<Outbound>,
+        inbox: &mut mpsc::UnboundedReceiver<Outbound>,
         close_requested: &CloseRequest,
     ) {
         let heartbeat = Duration::from_secs(u64::from(self.tuned.heartbeat_secs));

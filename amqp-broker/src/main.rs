@@ -66,6 +66,11 @@ struct Args {
     /// messages beyond it stay on disk only until consumers reach them.
     #[arg(long = "queue-memory-bytes", default_value_t = amqp_broker::DEFAULT_QUEUE_MEMORY_BUDGET_BYTES)]
     queue_memory_budget_bytes: u64,
+    /// Most body bytes of ready messages any queue holds, as a RabbitMQ operator policy
+    /// `max-length-bytes` on every queue (a queue's own lower `x-max-length-bytes` still
+    /// applies); past it the queue's `x-overflow` decides (default drop-head). Default: none.
+    #[arg(long, value_name = "BYTES")]
+    queue_max_length_bytes: Option<u64>,
     /// Port of the management HTTP API and of Prometheus' `/metrics` (0 picks a free one and
     /// logs it).
     #[arg(long, default_value_t = 15672)]
@@ -136,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         config.memory_high_watermark_bytes = bytes;
     }
     config.queue_memory_budget_bytes = args.queue_memory_budget_bytes;
+    config.queue_max_length_bytes = args.queue_max_length_bytes;
     config.management_port = (!args.no_management).then_some(args.management_port);
     if let Some(dir) = &args.data_dir {
         std::fs::create_dir_all(dir)

@@ -104,8 +104,19 @@ pub(crate) struct Vhost {
     pub(crate) memory: Arc<MemoryMonitor>,
     /// Connections, channels and confirm latency, for `/metrics`.
     pub(crate) metrics: Arc<VhostMetrics>,
+    /// The broker's caps on every queue (an operator policy), applied over each queue's own
+    /// arguments when it is declared or recovered.
+    limits: QueueLimits,
     /// This vhost, for the queues' and the delay timer's tasks (which must not keep it alive).
     me: Weak<Vhost>,
+}
+
+/// Caps the broker puts on every queue, over what each queue's arguments ask for: RabbitMQ's
+/// operator policies, set once for the whole broker.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct QueueLimits {
+    /// Most body bytes of ready messages a queue holds ([`crate::Config::queue_max_length_bytes`]).
+    pub max_length_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -152,14 +163,21 @@ impl Vhost {
     /// A vhost without flow control (its memory alarm never goes on).
     #[cfg(test)]
     pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
-        Self::with_memory(name, store, MemoryMonitor::new(u64::MAX))
+        Self::with_limits(
+            name,
+            store,
+            MemoryMonitor::new(u64::MAX),
+            QueueLimits::default(),
+        )
     }
 
-    /// A vhost whose accepted message bodies `memory` counts.
-    pub fn with_memory(
+    /// A vhost whose accepted message bodies `memory` counts, and whose queues are capped by
+    /// `limits`.
+    pub fn with_limits(
         name: &str,
         store: Option<Arc<Store>>,
         memory: Arc<MemoryMonitor>,
+        limits: QueueLimits,
     ) -> Arc<Self> {
         let mut topology = Topology::default();
         for (name, kind) in BUILT_IN_EXCHANGES {
@@ -181,6 +199,7 @@ impl Vhost {
             delayed: Delayed::default(),
             memory,
             metrics: Arc::default(),
+            limits,
             me: me.clone(),
         })
     }
@@ -222,7 +241,8 @@ impl Vhost {
                     tracing::error!(queue = %q.name, "arguments no longer valid ({}); defaults used", e.text);
                     Policy::default()
                 }
-            };
+            }
+            .capped(&self.limits);
             let link = QueueStore {
                 id: q.id,
                 store: store.clone(),
@@ -650,7 +670,8 @@ impl Vhost {
             exclusive: flags.exclusive,
             auto_delete: flags.auto_delete,
         };
-        let policy = Policy::for_declare(arguments, &name, &self.name, Some(declared))?;
+        let policy =
+            Policy::for_declare(arguments, &name, &self.name, Some(declared))?.capped(&self.limits);
         let link = match &self.store {
             Some(store) if flags.durable && owner.is_none() => Some(QueueStore {
                 id: store.new_queue_id(),

@@ -7,6 +7,7 @@
 //! ```text
 //! amqp-perf run --uri amqp://guest:guest@127.0.0.1:5672/%2f -x 1 -y 1 -s 16 -z 10
 //! amqp-perf compare --rabbitmq-url amqp://guest:guest@127.0.0.1:5672/%2f
+//! amqp-perf soak --broker 127.0.0.1:5673 --broker-pid PID --minutes 5
 //! ```
 
 mod clock;
@@ -19,6 +20,7 @@ mod producer;
 mod raw;
 mod report;
 mod run;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,10 @@ enum Command {
     /// The issue's six scenarios against the bundled broker (started here) and RabbitMQ,
     /// alternating, with the ratio per scenario.
     Compare(compare::CompareOptions),
+    /// Minutes of churn against a running broker (see `scripts/soak.sh`): connections cut and
+    /// reopened, confirms to durable queues, a slow consumer; checks that no confirmed message
+    /// is lost and reports the broker's memory and a probe connection's latency.
+    Soak(soak::SoakOptions),
 }
 
 #[tokio::main]
@@ -51,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Compare(options) => compare::compare(&options).await?,
+        Command::Soak(options) => soak::soak(&options).await?,
     }
     Ok(())
 }

@@ -420,6 +420,54 @@ async fn channel_flow_inactive_is_540(b: TestBroker) {
     .await;
 }
 
+/// A client that goes away (its socket closed, no `connection.close`) while the broker is
+/// still writing deliveries to it: every one comes back to the queue, those the broker had
+/// queued for the connection but not yet written included. Several rounds, since how many are
+/// in flight at the close depends on timing.
+async fn deliveries_in_flight_to_a_dropped_connection_are_requeued(b: TestBroker) {
+    const MESSAGES: u32 = 2000;
+    let (observer, ch) = open(&b).await;
+    let queue = common::shared_queue(&ch, "in-flight").await;
+    for i in 0..MESSAGES {
+        publish(&ch, "", &queue, format!("m{i}").as_bytes()).await;
+    }
+    for round in 1..=3 {
+        within("all messages ready", async {
+            while common::ready(&b, &queue).await != MESSAGES {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let (mut client, _) = tests::raw::RawClient::handshake(&b.addr()).await;
+        client.open_channel(1).await;
+        let consume = lapin::protocol::basic::Consume {
+            queue: queue.as_str().into(),
+            consumer_tag: format!("in-flight-{round}").into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: true,
+            arguments: FieldTable::default(),
+        };
+        client
+            .send_method(
+                1,
+                AMQPClass::Basic(lapin::protocol::basic::AMQPMethod::Consume(consume)),
+            )
+            .await;
+        // Gone without a word, with the deliveries on their way.
+        drop(client);
+    }
+    within("every message back in the queue", async {
+        while common::ready(&b, &queue).await != MESSAGES {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    common::delete_queue(&ch, &queue).await;
+    let _ = observer.close(200, "done".into()).await;
+}
+
 conformance!(
     channel_flow_active_is_acknowledged,
     channel_flow_inactive_is_540,
@@ -434,4 +482,5 @@ conformance!(
     many_channels_on_one_connection,
     client_closes_channel,
     channel_error_is_isolated,
+    deliveries_in_flight_to_a_dropped_connection_are_requeued,
 );

@@ -1,7 +1,7 @@
 //! Limits: `x-max-length` and `x-max-length-bytes` with `x-overflow` (`drop-head`, and
 //! `reject-publish`, which is what makes a publisher-confirm nack), and the broker's maximum
-//! message size, and the broker-wide limits: connections, channels per connection and consumers
-//! per channel.
+//! message size, and the broker-wide limits: queued bytes per queue, connections, channels per
+//! connection and consumers per channel.
 
 mod common;
 
@@ -204,6 +204,61 @@ conformance!(
     max_length_bytes_drops_the_oldest,
     max_length_bytes_rejects_publish
 );
+
+/// The broker-wide cap (`queue_max_length_bytes`, RabbitMQ's operator policy `max-length-bytes`)
+/// holds every queue to that many bytes of ready bodies: past it a queue without `x-overflow`
+/// drops its oldest messages, a `reject-publish` queue nacks, and a queue's own lower
+/// `x-max-length-bytes` still applies. (Bundled only: an operator policy on the shared RabbitMQ
+/// would reach other tests' queues.)
+#[tokio::test]
+async fn the_broker_wide_queue_bytes_cap_applies_to_every_queue() {
+    let b =
+        TestBroker::bundled_with(amqp_broker::Broker::builder().queue_max_length_bytes(10)).await;
+    let (_conn, ch) = open(&b).await;
+    within(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+
+    let plain = queue_with(&ch, &[]).await;
+    for body in [b"aaaa", b"bbbb", b"cccc"] {
+        assert!(publish_confirmed(&ch, &plain, body).await.is_ack());
+    }
+    assert_eq!(
+        drain(&ch, &plain).await,
+        [b"bbbb".to_vec(), b"cccc".to_vec()],
+        "drop-head: the oldest went to make room"
+    );
+
+    let rejecting = queue_with(
+        &ch,
+        &[("x-overflow", AMQPValue::LongString("reject-publish".into()))],
+    )
+    .await;
+    assert!(publish_confirmed(&ch, &rejecting, b"123456").await.is_ack());
+    assert!(publish_confirmed(&ch, &rejecting, b"7890").await.is_ack());
+    assert!(
+        publish_confirmed(&ch, &rejecting, b"x").await.is_nack(),
+        "11 bytes > the cap of 10"
+    );
+    assert_eq!(
+        drain(&ch, &rejecting).await,
+        [b"123456".to_vec(), b"7890".to_vec()]
+    );
+
+    let lower = queue_with(&ch, &[("x-max-length-bytes", AMQPValue::LongInt(4))]).await;
+    for body in [b"aaaa", b"bbbb"] {
+        assert!(publish_confirmed(&ch, &lower, body).await.is_ack());
+    }
+    assert_eq!(
+        drain(&ch, &lower).await,
+        [b"bbbb".to_vec()],
+        "the queue's own 4 bytes, not the cap's 10"
+    );
+    b.shutdown().await;
+}
 
 /// Stream queues are refused with a 406 that says so (RabbitMQ 3.10 with its stream plugin
 /// accepts them: a deliberate difference, so this test is bundled-only).

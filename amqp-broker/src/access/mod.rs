@@ -31,7 +31,7 @@ use crate::exchange::Destination;
 use crate::memory::MemoryMonitor;
 use crate::store::io::FileStorage;
 use crate::store::{Recovered, Store, StoreOptions};
-use crate::vhost::{ExchangeFlags, QueueFlags, Vhost};
+use crate::vhost::{ExchangeFlags, QueueFlags, QueueLimits, Vhost};
 use definitions::{Document, PermissionDef, Tags, UserDef, VhostDef};
 use password::PasswordHash;
 use permission::{Kind, Op, Permission};
@@ -76,6 +76,8 @@ pub(crate) struct Access {
     loopback_users: Vec<String>,
     /// Shared by every vhost: flow control counts the broker's memory, not a vhost's.
     pub memory: Arc<MemoryMonitor>,
+    /// The broker's caps on every queue of every vhost (`--queue-max-length-bytes`).
+    limits: QueueLimits,
     data_dir: Option<PathBuf>,
     store_options: StoreOptions,
     /// Held while `access.json` is written, so two changes never write it at once.
@@ -102,21 +104,25 @@ impl Access {
             segment_bytes: config.segment_bytes,
             queue_memory_budget_bytes: config.queue_memory_budget_bytes,
         };
+        let limits = QueueLimits {
+            max_length_bytes: config.queue_max_length_bytes,
+        };
         let access = Arc::new(Self {
             state: RwLock::new(State::default()),
             loopback_users: config.loopback_users.clone(),
             memory: memory.clone(),
             data_dir: config.data_dir.clone(),
             store_options,
+            limits,
             saving: Mutex::new(()),
         });
         let default = match root {
             Some((store, recovered)) => {
-                let vhost = Vhost::with_memory(DEFAULT_VHOST, Some(store), memory);
+                let vhost = Vhost::with_limits(DEFAULT_VHOST, Some(store), memory, limits);
                 vhost.restore(recovered);
                 vhost
             }
-            None => Vhost::with_memory(DEFAULT_VHOST, None, memory),
+            None => Vhost::with_limits(DEFAULT_VHOST, None, memory, limits),
         };
         access
             .state
@@ -502,11 +508,11 @@ impl Access {
                             dir.display()
                         )
                     })?;
-                let vhost = Vhost::with_memory(name, Some(store), self.memory.clone());
+                let vhost = Vhost::with_limits(name, Some(store), self.memory.clone(), self.limits);
                 vhost.restore(recovered);
                 vhost
             }
-            None => Vhost::with_memory(name, None, self.memory.clone()),
+            None => Vhost::with_limits(name, None, self.memory.clone(), self.limits),
         };
         let mut state = self.state.write();
         // Another caller may have created it meanwhile; the first one stays.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::error::{AmqpError, AmqpResult};
+use crate::vhost::QueueLimits;
 
 /// What a queue's `x-` arguments ask for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,6 +56,16 @@ pub(crate) struct DeclareFlags {
 }
 
 impl Policy {
+    /// The policy with the broker's caps applied: as with RabbitMQ's operator policies, the
+    /// lower of the queue's own limit and the broker's wins.
+    pub fn capped(mut self, limits: &QueueLimits) -> Self {
+        self.max_length_bytes = match (self.max_length_bytes, limits.max_length_bytes) {
+            (Some(own), Some(cap)) => Some(own.min(cap)),
+            (own, cap) => own.or(cap),
+        };
+        self
+    }
+
     /// Reads and checks the arguments (406 for bad values, with RabbitMQ's wording).
     pub fn from_arguments(args: &FieldTable, queue: &ShortString, vhost: &str) -> AmqpResult<Self> {
         Self::for_declare(args, queue, vhost, None)

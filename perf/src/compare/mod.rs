@@ -2,7 +2,7 @@
 //! same run, alternating which broker goes first, with the ratio per figure.
 
 mod bundled;
-mod procstat;
+pub mod procstat;
 mod scenarios;
 mod table;
 

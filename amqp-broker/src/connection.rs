@@ -154,7 +154,16 @@ where
     }
     drop(write_tx);
     // Let the writer finish the last batch (close or close-ok), then the socket closes.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // A peer that vanished (a half-open connection) leaves the writer blocked on a full socket
+    // until TCP gives up, many minutes later: past the grace period it is aborted, which closes
+    // the socket now.
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(

@@ -5,7 +5,7 @@
 mod common;
 
 use amqp_broker::Broker;
-use common::non_loopback_ip;
+use common::{management_broker, non_loopback_ip};
 use futures::StreamExt;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
@@ -116,15 +116,6 @@ async fn get_body(ch: &Channel, queue: &str) -> Option<Vec<u8>> {
         .await
         .expect("basic.get")
         .map(|m| m.delivery.data)
-}
-
-async fn management_broker() -> Broker {
-    Broker::builder()
-        .port(0)
-        .management_port(0)
-        .start()
-        .await
-        .expect("broker starts")
 }
 
 #[tokio::test]

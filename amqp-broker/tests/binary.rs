@@ -4,13 +4,11 @@
 
 mod common;
 
-use common::{free_port, non_loopback_ip, wait_exit};
+use common::{BIN, broker_command, free_port, non_loopback_ip, sigterm, wait_exit};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 
 /// Connects and reads the start of `connection.start` after sending the protocol header.
 fn speaks_amqp(port: u16) -> bool {
@@ -41,27 +39,11 @@ fn wait_until_serving(child: &mut Child, port: u16) {
     }
 }
 
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[test]
 fn serves_amqp_and_exits_cleanly_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("amqp-broker-bin-{}", std::process::id()));
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--management-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(&dir)
+    let mut child = broker_command(port, &dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

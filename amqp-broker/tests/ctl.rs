@@ -2,14 +2,15 @@
 //! tab-separated output with a header line, `--json`, and errors as a failing exit status with
 //! the API's reason.
 
+mod common;
+
 use amqp_broker::Broker;
+use common::{BIN, declare_queue, management_broker};
 use futures::StreamExt as _;
 use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 
 /// Runs `amqp-broker ctl --url URL ARGS...`; returns (success, stdout, stderr).
 async fn ctl(broker: &Broker, args: &[&str]) -> (bool, String, String) {
@@ -35,25 +36,14 @@ async fn ok(broker: &Broker, args: &[&str]) -> String {
 }
 
 async fn broker_with_a_client() -> (Broker, Connection, lapin::Channel) {
-    let broker = Broker::builder()
-        .port(0)
-        .management_port(0)
-        .start()
-        .await
-        .unwrap();
+    let broker = management_broker().await;
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from("ctl-client".to_owned()));
     let conn = Connection::connect(&broker.amqp_url(), props)
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "ctl-q".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_queue(&ch, "ctl-q", QueueDeclareOptions::default()).await;
     for _ in 0..2 {
         ch.basic_publish(
             "".into(),
@@ -181,12 +171,7 @@ async fn purge_delete_and_close_connection_act_on_the_broker() {
 
 #[tokio::test]
 async fn errors_fail_with_the_reason() {
-    let broker = Broker::builder()
-        .port(0)
-        .management_port(0)
-        .start()
-        .await
-        .unwrap();
+    let broker = management_broker().await;
     let (success, stdout, stderr) = ctl(&broker, &["--password", "wrong", "list_queues"]).await;
     assert!(!success);
     assert_eq!(stdout, "");

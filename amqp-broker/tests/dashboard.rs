@@ -1,21 +1,14 @@
 //! The web dashboard's serving: the page and its assets over HTTP, and the auth answer its script
 //! gets. (The page itself is tested in headless Chromium by tests/dashboard/run-dashboard-test.sh.)
 
-use amqp_broker::Broker;
-use serde_json::Value;
+mod common;
 
-async fn broker() -> Broker {
-    Broker::builder()
-        .port(0)
-        .management_port(0)
-        .start()
-        .await
-        .expect("broker starts")
-}
+use common::management_broker;
+use serde_json::Value;
 
 #[tokio::test]
 async fn the_page_and_its_assets_are_served_without_credentials() {
-    let broker = broker().await;
+    let broker = management_broker().await;
     let base = broker.management_url().unwrap();
     let client = reqwest::Client::new();
     let page = client.get(format!("{base}/")).send().await.unwrap();
@@ -53,7 +46,7 @@ async fn the_page_and_its_assets_are_served_without_credentials() {
 
 #[tokio::test]
 async fn the_api_stays_behind_auth_and_spares_scripts_the_browser_dialog() {
-    let broker = broker().await;
+    let broker = management_broker().await;
     let url = format!("{}/api/overview", broker.management_url().unwrap());
     let client = reqwest::Client::new();
 

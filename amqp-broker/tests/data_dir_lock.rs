@@ -3,13 +3,11 @@
 
 mod common;
 
-use common::{free_port, wait_exit};
+use common::{broker_command, free_port, sigterm, wait_exit};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("amqp-lock-{name}-{}", std::process::id()));
@@ -20,15 +18,7 @@ fn data_dir(name: &str) -> PathBuf {
 /// A broker process on `dir`, serving once `TcpStream::connect` succeeds.
 fn spawn(dir: &Path) -> (Child, u16) {
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--management-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
+    let mut child = broker_command(port, dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -46,17 +36,7 @@ fn spawn(dir: &Path) -> (Child, u16) {
 fn a_second_binary_on_the_same_data_dir_refuses_naming_the_dir_and_the_pid() {
     let dir = data_dir("bin");
     let (mut first, _) = spawn(&dir);
-    let out = Command::new(BIN)
-        .args([
-            "--port",
-            &free_port().to_string(),
-            "--management-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = broker_command(free_port(), &dir).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the second broker must not start");
     assert!(
@@ -75,11 +55,7 @@ fn a_second_binary_on_the_same_data_dir_refuses_naming_the_dir_and_the_pid() {
     let (mut second, _) = spawn(&dir);
 
     // Released on an orderly exit too.
-    let status = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&second);
     assert!(wait_exit(&mut second, Duration::from_secs(10)).success());
     let (mut third, _) = spawn(&dir);
     third.kill().unwrap();

@@ -4,19 +4,17 @@
 //! A measurement, not a check:
 //! `cargo test --release -p amqp-broker --test delayed_scale -- --ignored --nocapture`.
 
+mod common;
+
+use common::{broker_command, delayed_topology, free_port};
 use std::collections::VecDeque;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 const MESSAGES: usize = 1_000_000;
 /// Confirms outstanding at once.
 const WINDOW: usize = 2000;
@@ -36,15 +34,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// Starts the binary and connects; returns the time until the connection was accepted.
 async fn start(port: u16, dir: &std::path::Path) -> (Child, Connection, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--management-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
+    let mut child = broker_command(port, dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -64,46 +54,10 @@ async fn start(port: u16, dir: &std::path::Path) -> (Child, Connection, Duration
 async fn a_million_persistent_delayed_messages() {
     let dir = std::env::temp_dir().join(format!("amqp-delayed-scale-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let (mut broker, conn, _) = start(port, &dir).await;
     let ch = conn.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-delayed-type".into(),
-        AMQPValue::LongString("direct".into()),
-    );
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        "scale.delayed".into(),
-        ExchangeKind::Custom("x-delayed-message".into()),
-        durable,
-        args,
-    )
-    .await
-    .unwrap();
-    let durable_q = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("scale.q".into(), durable_q, FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(
-        "scale.q".into(),
-        "scale.delayed".into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    delayed_topology(&ch, "scale.delayed", true, "scale.q").await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();

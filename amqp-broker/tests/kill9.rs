@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::free_port;
+use common::{broker_command, consume_no_ack, durable_queue, free_port};
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use parking_lot::Mutex;
 
-const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 /// Confirms outstanding at once: enough to keep the broker's group commit busy.
 const WINDOW: usize = 256;
 /// How long each round publishes before the kill.
@@ -41,17 +40,8 @@ struct Broker(Child);
 impl Broker {
     async fn start(port: u16, dir: &Path) -> (Broker, Connection) {
         // A small memory budget, so most messages are paged out and read back from the log.
-        let child = Command::new(BIN)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--management-port",
-                "0",
-                "--queue-memory-bytes",
-                "65536",
-            ])
-            .arg("--data-dir")
-            .arg(dir)
+        let child = broker_command(port, dir)
+            .args(["--queue-memory-bytes", "65536"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,16 +73,6 @@ impl Drop for Broker {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-async fn durable_queue(ch: &Channel, name: &str) {
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(name.into(), options, FieldTable::default())
-        .await
-        .expect("queue.declare");
 }
 
 fn persistent() -> BasicProperties {
@@ -438,18 +418,7 @@ async fn confirmed_delayed_messages_survive_kill_9_and_arrive_when_due() {
         "the restart took too long for this check"
     );
     assert_eq!(waiting, 0, "nothing is delivered before its due time");
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "check".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_no_ack(&ch, queue, "check").await;
     let expected: BTreeSet<u64> = confirmed.iter().copied().collect();
     let mut arrived = Vec::new();
     let mut seen = BTreeSet::new();

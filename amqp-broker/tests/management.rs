@@ -1,20 +1,14 @@
 //! The management HTTP API through a real HTTP client: authentication and the overview.
 
-use amqp_broker::Broker;
-use serde_json::Value;
+mod common;
 
-async fn broker() -> Broker {
-    Broker::builder()
-        .port(0)
-        .management_port(0)
-        .start()
-        .await
-        .expect("broker starts")
-}
+use amqp_broker::Broker;
+use common::management_broker;
+use serde_json::Value;
 
 #[tokio::test]
 async fn overview_answers_an_authenticated_user() {
-    let broker = broker().await;
+    let broker = management_broker().await;
     let url = format!("{}/api/overview", broker.management_url().unwrap());
     let response = reqwest::Client::new()
         .get(&url)
@@ -43,7 +37,7 @@ async fn overview_answers_an_authenticated_user() {
 
 #[tokio::test]
 async fn requests_without_valid_credentials_get_401_with_a_challenge() {
-    let broker = broker().await;
+    let broker = management_broker().await;
     let url = format!("{}/api/overview", broker.management_url().unwrap());
     let client = reqwest::Client::new();
     for request in [

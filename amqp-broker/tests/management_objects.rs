@@ -2,14 +2,17 @@
 //! real AMQP client (lapin) did: declare, publish, consume, then list. Field names and shapes
 //! are RabbitMQ's management API's.
 
+mod common;
+
 use amqp_broker::Broker;
+use common::{dead_letter_args, declare_queue, exclusive, management_broker};
 use futures::StreamExt as _;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -22,12 +25,7 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
-        let broker = Broker::builder()
-            .port(0)
-            .management_port(0)
-            .start()
-            .await
-            .expect("broker starts");
+        let broker = management_broker().await;
         let base = broker.management_url().unwrap();
         Self {
             broker,
@@ -55,6 +53,26 @@ impl Api {
         (status, body)
     }
 
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Publishes `message` (the API's JSON form) through `exchange` in the default vhost.
+    async fn publish(&self, exchange: &str, message: Value) -> (StatusCode, Value) {
+        let path = format!("/api/exchanges/%2F/{exchange}/publish");
+        self.call(Method::POST, &path, Some(message)).await
+    }
+
+    /// Takes messages from `queue` in the default vhost as `request` (count, ackmode, ...) says.
+    async fn get_messages(&self, queue: &str, request: Value) -> (StatusCode, Value) {
+        let path = format!("/api/queues/%2F/{queue}/get");
+        self.call(Method::POST, &path, Some(request)).await
+    }
+
     async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call(Method::GET, path, None).await;
         assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
@@ -67,6 +85,20 @@ impl Api {
         Connection::connect(&self.broker.amqp_url(), props)
             .await
             .unwrap()
+    }
+
+    /// A broker with the API, a lapin connection to it named `name`, and a channel on that.
+    async fn start_with_channel(name: &str) -> (Self, Connection, Channel) {
+        let api = Self::start().await;
+        let conn = api.amqp(name).await;
+        let ch = conn.create_channel().await.unwrap();
+        (api, conn, ch)
+    }
+
+    /// Closes the test's lapin connection, then shuts the broker down.
+    async fn finish(self, conn: Connection) {
+        conn.close(200, "bye".into()).await.unwrap();
+        self.broker.shutdown().await.unwrap();
     }
 }
 
@@ -91,19 +123,17 @@ fn without_stats(v: &Value) -> Value {
     }
 }
 
-fn assert_not_found(status: StatusCode, body: &Value) {
+fn assert_not_found((status, body): (StatusCode, Value)) {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(
         body,
-        &json!({"error": "Object Not Found", "reason": "Not Found"})
+        json!({"error": "Object Not Found", "reason": "Not Found"})
     );
 }
 
 #[tokio::test]
 async fn queues_show_what_lapin_declared_published_and_took() {
-    let api = Api::start().await;
-    let conn = api.amqp("lister").await;
-    let ch = conn.create_channel().await.unwrap();
+    let (api, conn, ch) = Api::start_with_channel("lister").await;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(100));
     ch.queue_declare(
@@ -185,15 +215,12 @@ async fn queues_show_what_lapin_declared_published_and_took() {
     assert_eq!(vhosts[0]["message_stats"]["publish"], 3);
 
     // Purge drops the ready ones; the unacked one stays out.
-    let (status, _) = api
-        .call(Method::DELETE, "/api/queues/%2F/mgmt-q/contents", None)
-        .await;
+    let (status, _) = api.delete("/api/queues/%2F/mgmt-q/contents").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let q = api.get("/api/queues/%2F/mgmt-q").await;
     assert_eq!(q["messages_ready"], 0);
     assert_eq!(q["messages_unacknowledged"], 1);
-    conn.close(200, "bye".into()).await.unwrap();
-    api.broker.shutdown().await.unwrap();
+    api.finish(conn).await;
 }
 
 #[tokio::test]
@@ -207,17 +234,10 @@ async fn unknown_objects_are_404_and_bad_bodies_400() {
         "/api/bindings/%2F/e/missing/q/missing",
         "/api/consumers/no-such-vhost",
     ] {
-        let (status, body) = api.call(Method::GET, path, None).await;
-        assert_not_found(status, &body);
+        assert_not_found(api.call(Method::GET, path, None).await);
     }
-    let (status, body) = api
-        .call(Method::DELETE, "/api/queues/%2F/missing", None)
-        .await;
-    assert_not_found(status, &body);
-    let (status, body) = api
-        .call(Method::DELETE, "/api/queues/%2F/missing/contents", None)
-        .await;
-    assert_not_found(status, &body);
+    assert_not_found(api.delete("/api/queues/%2F/missing").await);
+    assert_not_found(api.delete("/api/queues/%2F/missing/contents").await);
 
     // Not JSON, JSON of the wrong shape, wrong types.
     let url = format!("{}/api/queues/%2F/bad-body", api.base);
@@ -243,17 +263,13 @@ async fn unknown_objects_are_404_and_bad_bodies_400() {
         ("/api/exchanges/%2F/bad-x", json!({"type": 5})),
         ("/api/exchanges/%2F/bad-x", json!({"type": "no-such-type"})),
     ] {
-        let (status, body) = api.call(Method::PUT, path, Some(bad.clone())).await;
+        let (status, body) = api.put(path, bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {bad}: {body}");
         assert_eq!(body["error"], "bad_request");
     }
     // Reserved names are refused as RabbitMQ refuses them through its API.
     let (status, body) = api
-        .call(
-            Method::PUT,
-            "/api/exchanges/%2F/amq.mine",
-            Some(json!({"type": "direct"})),
-        )
+        .put("/api/exchanges/%2F/amq.mine", json!({"type": "direct"}))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -277,20 +293,12 @@ async fn queues_are_declared_and_deleted_as_rabbitmq_answers() {
     let api = Api::start().await;
     let body =
         json!({"durable": false, "auto_delete": false, "arguments": {"x-message-ttl": 60000}});
-    let (status, _) = api
-        .call(Method::PUT, "/api/queues/%2F/put-q", Some(body.clone()))
-        .await;
+    let (status, _) = api.put("/api/queues/%2F/put-q", body.clone()).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = api
-        .call(Method::PUT, "/api/queues/%2F/put-q", Some(body))
-        .await;
+    let (status, _) = api.put("/api/queues/%2F/put-q", body).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, err) = api
-        .call(
-            Method::PUT,
-            "/api/queues/%2F/put-q",
-            Some(json!({"durable": true})),
-        )
+        .put("/api/queues/%2F/put-q", json!({"durable": true}))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(
@@ -311,16 +319,11 @@ async fn queues_are_declared_and_deleted_as_rabbitmq_answers() {
     // lapin sees it as declared (a passive declare succeeds, with the TTL argument there).
     let conn = api.amqp("put").await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "put-q".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    declare_queue(&ch, "put-q", passive).await;
     let q = api.get("/api/queues/%2F/put-q").await;
     assert_eq!(q["durable"], false);
     assert_eq!(q["arguments"], json!({"x-message-ttl": 60000}));
@@ -338,33 +341,19 @@ async fn queues_are_declared_and_deleted_as_rabbitmq_answers() {
     while api.get("/api/queues/%2F/put-q").await["messages"] != 1 {
         tokio::task::yield_now().await;
     }
-    let (status, err) = api
-        .call(Method::DELETE, "/api/queues/%2F/put-q?if-empty=true", None)
-        .await;
+    let (status, err) = api.delete("/api/queues/%2F/put-q?if-empty=true").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(err["reason"], "queue 'put-q' in vhost '/' is not empty");
-    let (status, _) = api
-        .call(Method::DELETE, "/api/queues/%2F/put-q?if-unused=true", None)
-        .await;
+    let (status, _) = api.delete("/api/queues/%2F/put-q?if-unused=true").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = api.call(Method::GET, "/api/queues/%2F/put-q", None).await;
-    assert_not_found(status, &body);
-    conn.close(200, "bye".into()).await.unwrap();
-    api.broker.shutdown().await.unwrap();
+    assert_not_found(api.call(Method::GET, "/api/queues/%2F/put-q", None).await);
+    api.finish(conn).await;
 }
 
 #[tokio::test]
 async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
-    let api = Api::start().await;
-    let conn = api.amqp("pubget").await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "pub-q".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let (api, conn, ch) = Api::start_with_channel("pubget").await;
+    declare_queue(&ch, "pub-q", QueueDeclareOptions::default()).await;
     let publish = |payload: &str, encoding: &str| {
         json!({
             "properties": {"content_type": "text/plain", "headers": {"h": "v"}, "delivery_mode": 2},
@@ -373,45 +362,21 @@ async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
             "payload_encoding": encoding,
         })
     };
-    let (status, body) = api
-        .call(
-            Method::POST,
-            "/api/exchanges/%2F/amq.default/publish",
-            Some(publish("hello", "string")),
-        )
-        .await;
+    let (status, body) = api.publish("amq.default", publish("hello", "string")).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"routed": true})));
     let (_, body) = api
-        .call(
-            Method::POST,
-            "/api/exchanges/%2F/amq.default/publish",
-            Some(publish("AAEC/w==", "base64")),
-        )
+        .publish("amq.default", publish("AAEC/w==", "base64"))
         .await;
     assert_eq!(body, json!({"routed": true}));
     let mut unroutable = publish("x", "string");
     unroutable["routing_key"] = json!("nowhere");
-    let (_, body) = api
-        .call(
-            Method::POST,
-            "/api/exchanges/%2F/amq.direct/publish",
-            Some(unroutable),
-        )
-        .await;
+    let (_, body) = api.publish("amq.direct", unroutable).await;
     assert_eq!(body, json!({"routed": false}));
+    assert_not_found(api.publish("missing", publish("x", "string")).await);
     let (status, body) = api
-        .call(
-            Method::POST,
-            "/api/exchanges/%2F/missing/publish",
-            Some(publish("x", "string")),
-        )
-        .await;
-    assert_not_found(status, &body);
-    let (status, body) = api
-        .call(
-            Method::POST,
-            "/api/exchanges/%2F/amq.default/publish",
-            Some(json!({"routing_key": "pub-q", "payload": "x"})),
+        .publish(
+            "amq.default",
+            json!({"routing_key": "pub-q", "payload": "x"}),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -431,13 +396,7 @@ async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
         .unwrap();
     let mut refused = publish("x", "string");
     refused["routing_key"] = json!("full-q");
-    let (status, body) = api
-        .call(
-            Method::POST,
-            "/api/exchanges/%2F/amq.default/publish",
-            Some(refused),
-        )
-        .await;
+    let (status, body) = api.publish("amq.default", refused).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(
         body["reason"],
@@ -448,25 +407,13 @@ async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
         publish("***", "base64"),
         json!({"properties": {"delivery_mode": "two"}, "routing_key": "pub-q", "payload": "x", "payload_encoding": "string"}),
     ] {
-        let (status, body) = api
-            .call(
-                Method::POST,
-                "/api/exchanges/%2F/amq.default/publish",
-                Some(bad),
-            )
-            .await;
+        let (status, body) = api.publish("amq.default", bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
 
     // /get with requeue shows both, leaves them, and marks them redelivered.
     let get = |ackmode: &str| json!({"count": 5, "ackmode": ackmode, "encoding": "auto", "truncate": 50000});
-    let (status, got) = api
-        .call(
-            Method::POST,
-            "/api/queues/%2F/pub-q/get",
-            Some(get("ack_requeue_true")),
-        )
-        .await;
+    let (status, got) = api.get_messages("pub-q", get("ack_requeue_true")).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got.as_array().unwrap().len(), 2);
     assert_eq!(got[0]["payload"], "hello");
@@ -501,44 +448,26 @@ async fn published_messages_reach_lapin_and_get_takes_or_requeues() {
         Some("text/plain")
     );
     // ack_requeue_false takes the rest for good.
-    let (_, got) = api
-        .call(
-            Method::POST,
-            "/api/queues/%2F/pub-q/get",
-            Some(get("ack_requeue_false")),
-        )
-        .await;
+    let (_, got) = api.get_messages("pub-q", get("ack_requeue_false")).await;
     assert_eq!(got[0]["payload_bytes"], 4);
     assert_eq!(api.get("/api/queues/%2F/pub-q").await["messages"], 0);
     let (status, body) = api
-        .call(
-            Method::POST,
-            "/api/queues/%2F/pub-q/get",
-            Some(json!({"count": 1, "ackmode": "sometimes"})),
-        )
+        .get_messages("pub-q", json!({"count": 1, "ackmode": "sometimes"}))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["reason"], "[{key_missing,encoding}]");
-    let (_, body) = api
-        .call(
-            Method::POST,
-            "/api/queues/%2F/pub-q/get",
-            Some(json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "utf-7"})),
-        )
-        .await;
+    let utf7 = json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "utf-7"});
+    let (_, body) = api.get_messages("pub-q", utf7).await;
     assert_eq!(
         body["reason"],
         "Unsupported encoding. Please use auto or base64."
     );
-    conn.close(200, "bye".into()).await.unwrap();
-    api.broker.shutdown().await.unwrap();
+    api.finish(conn).await;
 }
 
 #[tokio::test]
 async fn exchanges_and_bindings_match_lapin_and_can_be_made_through_the_api() {
-    let api = Api::start().await;
-    let conn = api.amqp("binder").await;
-    let ch = conn.create_channel().await.unwrap();
+    let (api, conn, ch) = Api::start_with_channel("binder").await;
     ch.exchange_declare(
         "mgmt-x".into(),
         ExchangeKind::Topic,
@@ -547,13 +476,7 @@ async fn exchanges_and_bindings_match_lapin_and_can_be_made_through_the_api() {
     )
     .await
     .unwrap();
-    ch.queue_declare(
-        "bound-q".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_queue(&ch, "bound-q", QueueDeclareOptions::default()).await;
     ch.queue_bind(
         "bound-q".into(),
         "mgmt-x".into(),
@@ -597,21 +520,10 @@ async fn exchanges_and_bindings_match_lapin_and_can_be_made_through_the_api() {
     );
 
     // An exchange and a binding made through the API route what lapin publishes.
-    let (status, _) = api
-        .call(
-            Method::PUT,
-            "/api/exchanges/%2F/api-x",
-            Some(json!({"type": "fanout", "durable": false})),
-        )
-        .await;
+    let fanout = json!({"type": "fanout", "durable": false});
+    let (status, _) = api.put("/api/exchanges/%2F/api-x", fanout.clone()).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = api
-        .call(
-            Method::PUT,
-            "/api/exchanges/%2F/api-x",
-            Some(json!({"type": "fanout", "durable": false})),
-        )
-        .await;
+    let (status, _) = api.put("/api/exchanges/%2F/api-x", fanout).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let url = format!("{}/api/bindings/%2F/e/api-x/q/bound-q", api.base);
     let response = api
@@ -652,46 +564,29 @@ async fn exchanges_and_bindings_match_lapin_and_can_be_made_through_the_api() {
         api.get("/api/bindings/%2F/e/api-x/q/bound-q/k").await,
         between[0]
     );
-    let (status, _) = api
-        .call(
-            Method::DELETE,
-            "/api/bindings/%2F/e/api-x/q/bound-q/k",
-            None,
-        )
-        .await;
+    let (status, _) = api.delete("/api/bindings/%2F/e/api-x/q/bound-q/k").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(
         api.get("/api/bindings/%2F/e/api-x/q/bound-q").await,
         json!([])
     );
-    let (status, _) = api
-        .call(Method::DELETE, "/api/exchanges/%2F/api-x", None)
-        .await;
+    let (status, _) = api.delete("/api/exchanges/%2F/api-x").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = api
-        .call(Method::GET, "/api/exchanges/%2F/api-x", None)
-        .await;
-    assert_not_found(status, &body);
-    conn.close(200, "bye".into()).await.unwrap();
-    api.broker.shutdown().await.unwrap();
+    assert_not_found(
+        api.call(Method::GET, "/api/exchanges/%2F/api-x", None)
+            .await,
+    );
+    api.finish(conn).await;
 }
 
 #[tokio::test]
 async fn connections_channels_and_consumers_match_lapin_and_close_with_the_reason() {
-    let api = Api::start().await;
-    let conn = api.amqp("watched").await;
-    let ch = conn.create_channel().await.unwrap();
+    let (api, conn, ch) = Api::start_with_channel("watched").await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
     ch.basic_qos(7, BasicQosOptions::default()).await.unwrap();
-    ch.queue_declare(
-        "consumed-q".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_queue(&ch, "consumed-q", QueueDeclareOptions::default()).await;
     let _consumer = ch
         .basic_consume(
             "consumed-q".into(),
@@ -858,25 +753,9 @@ async fn every_route_needs_credentials() {
 
 #[tokio::test]
 async fn get_with_reject_dead_letters_and_queue_kinds_show() {
-    let api = Api::start().await;
-    let conn = api.amqp("kinds").await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "dead-q".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString("dead-q".into()),
-    );
+    let (api, conn, ch) = Api::start_with_channel("kinds").await;
+    declare_queue(&ch, "dead-q", QueueDeclareOptions::default()).await;
+    let args = dead_letter_args("dead-q");
     ch.queue_declare("dl-src".into(), QueueDeclareOptions::default(), args)
         .await
         .unwrap();
@@ -895,16 +774,7 @@ async fn get_with_reject_dead_letters_and_queue_kinds_show() {
     )
     .await
     .unwrap();
-    ch.queue_declare(
-        "excl-q".into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_queue(&ch, "excl-q", exclusive()).await;
     assert_eq!(api.get("/api/queues/%2F/quorum-q").await["type"], "quorum");
     assert_eq!(api.get("/api/queues/%2F/excl-q").await["exclusive"], true);
     // Another connection's exclusive queue is locked to the API, as to any other connection.
@@ -925,19 +795,9 @@ async fn get_with_reject_dead_letters_and_queue_kinds_show() {
     assert_eq!(api.get("/api/queues/%2F/excl-q").await["name"], "excl-q");
 
     let body = json!({"properties": {}, "routing_key": "dl-src", "payload": "bad", "payload_encoding": "string"});
-    api.call(
-        Method::POST,
-        "/api/exchanges/%2F/amq.default/publish",
-        Some(body),
-    )
-    .await;
-    let (status, got) = api
-        .call(
-            Method::POST,
-            "/api/queues/%2F/dl-src/get",
-            Some(json!({"count": 1, "ackmode": "reject_requeue_false", "encoding": "auto"})),
-        )
-        .await;
+    api.publish("amq.default", body).await;
+    let reject = json!({"count": 1, "ackmode": "reject_requeue_false", "encoding": "auto"});
+    let (status, got) = api.get_messages("dl-src", reject).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got[0]["payload"], "bad");
     assert_eq!(api.get("/api/queues/%2F/dl-src").await["messages"], 0);
@@ -949,6 +809,5 @@ async fn get_with_reject_dead_letters_and_queue_kinds_show() {
     assert_eq!(dead.delivery.data, b"bad");
     let death = dead.delivery.properties.headers().as_ref().unwrap();
     assert!(death.inner().contains_key("x-death"), "{death:?}");
-    conn.close(200, "bye".into()).await.unwrap();
-    api.broker.shutdown().await.unwrap();
+    api.finish(conn).await;
 }

@@ -5,21 +5,22 @@
 //! `cargo test --release -p amqp-broker --test memory -- --ignored --nocapture --test-threads 1`.
 //! Each prints its figures and fails if the targets (under 200 MiB, up in 10 s) are missed.
 
+mod common;
+
+use common::{broker_command, durable_queue, free_port};
 use std::collections::VecDeque;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 /// Confirms outstanding at once.
 const WINDOW: usize = 2000;
 const BODY_BYTES: usize = 1024;
@@ -34,21 +35,9 @@ impl Broker {
     /// Starts the binary on `dir` and returns once it accepts an AMQP connection, with the time
     /// that took.
     async fn start(dir: &Path) -> (Broker, Connection, Duration) {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let started = Instant::now();
-        let child = Command::new(BIN)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--management-port",
-                "0",
-                "--data-dir",
-            ])
-            .arg(dir)
+        let child = broker_command(port, dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -104,17 +93,6 @@ fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("amqp-memory-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-async fn durable_queue(ch: &Channel, name: &str) -> u32 {
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(name.into(), options, FieldTable::default())
-        .await
-        .expect("queue.declare")
-        .message_count()
 }
 
 /// A 1 KiB body that starts with its id.
@@ -223,7 +201,7 @@ async fn two_million_queued_messages_stay_under_200_mib_and_come_back_in_order()
     );
     broker.report("all consumed");
     let peak = broker.mib("VmHWM");
-    assert_eq!(durable_queue(&setup, "long").await, 0);
+    assert_eq!(durable_queue(&setup, "long").await.message_count(), 0);
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
@@ -251,7 +229,10 @@ async fn start_up_with_a_million_queued_messages_takes_under_10_s() {
     );
     broker.report("after start-up");
     let ch = conn.create_channel().await.unwrap();
-    assert_eq!(durable_queue(&ch, "startup").await as u64, n);
+    assert_eq!(
+        durable_queue(&ch, "startup").await.message_count() as u64,
+        n
+    );
     let first = ch
         .basic_get(
             "startup".into(),

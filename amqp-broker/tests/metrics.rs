@@ -2,6 +2,9 @@
 //! acked, nacked and dead-lettered known numbers of messages: every counter equals what was done,
 //! and the text is well-formed Prometheus exposition format (checked by a small parser here).
 
+mod common;
+
+use common::dead_letter_args;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -11,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 async fn broker(data_dir: Option<std::path::PathBuf>) -> Broker {
@@ -434,19 +437,6 @@ async fn counters_equal_what_the_clients_did() {
     assert_eq!(s.vhost("amqp_broker_channels"), 0.0);
     assert_eq!(s.vhost("amqp_broker_channels_closed_total"), 2.0);
     broker.shutdown().await.unwrap();
-}
-
-fn dead_letter_args(dlq: &str) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dlq.into()),
-    );
-    args
 }
 
 #[tokio::test]

@@ -9,18 +9,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use amqp_broker::{Broker, Error};
+use common::{BIN, consume_no_ack, declare_queue, exclusive};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BIN: &str = env!("CARGO_BIN_EXE_amqp-broker");
 
 /// A test CA and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM files
 /// in a fresh directory.
@@ -97,17 +95,7 @@ async fn round_trip(conn: &Connection, count: usize) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let queue = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = declare_queue(&ch, "", exclusive()).await;
     for i in 0..count {
         ch.basic_publish(
             "".into(),
@@ -147,17 +135,7 @@ async fn lapin_publishes_and_consumes_over_amqps() {
     round_trip(&conn, 100).await;
     // A body larger than one TLS record (16 KiB) and than one frame crosses intact.
     let ch = conn.create_channel().await.unwrap();
-    let queue = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = declare_queue(&ch, "", exclusive()).await;
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     ch.basic_publish(
         "".into(),
@@ -168,18 +146,7 @@ async fn lapin_publishes_and_consumes_over_amqps() {
     )
     .await
     .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.name().clone(),
-            "big".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_no_ack(&ch, queue.name().as_str(), "big").await;
     let delivery = consumer.next().await.unwrap().unwrap();
     assert!(delivery.data == big, "the 1 MB body arrives intact");
     // The plain port serves as before, beside the TLS one.
@@ -347,11 +314,7 @@ async fn the_binary_serves_amqps_with_tls_flags() {
     };
     round_trip(&conn, 3).await;
     conn.close(200, "bye".into()).await.unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::sigterm(&child);
     assert!(common::wait_exit(&mut child, Duration::from_secs(10)).success());
 
     // A missing key file: the process exits with a message naming it.

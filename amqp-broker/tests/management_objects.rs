@@ -123,6 +123,7 @@ fn without_stats(v: &Value) -> Value {
     }
 }
 
+/// Asserts that a `call`'s answer is RabbitMQ's 404 for an object that does not exist.
 fn assert_not_found((status, body): (StatusCode, Value)) {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(

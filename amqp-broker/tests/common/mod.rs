@@ -1,5 +1,6 @@
-//! Helpers for the broker's integration tests, above all those that run the `amqp-broker` binary
-//! (each such file has `mod common;`).
+//! Helpers for the broker's integration tests: running the `amqp-broker` binary, an embedded
+//! broker with the management API, and the lapin declarations several tests make (each file that
+//! uses them has `mod common;`).
 #![allow(dead_code)]
 
 use std::net::TcpListener;

@@ -412,7 +412,7 @@ async fn failover(scenario: Scenario) {
     let while_down = inner
         .at
         .iter()
-        .filter(|at| (stop_done..start_began).contains(at))
+        .filter(|&&at| (stop_done..start_began).contains(&at))
         .count();
     let (gap, gap_from) = inner
         .at

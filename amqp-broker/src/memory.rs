@@ -102,31 +102,41 @@ impl MemoryMonitor {
     /// Counts `len` bytes held in another form (a delayed message, kept encoded), until
     /// [`MemoryMonitor::release`].
     pub fn hold(&self, len: u64) {
-        let used = self.used_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        if used >= self.high_watermark_bytes && !self.alarmed.load(Ordering::Acquire) {
+        let used = self.used_bytes.fetch_add(len, Ordering::SeqCst) + len;
+        if used >= self.high_watermark_bytes && !self.alarmed.load(Ordering::SeqCst) {
             self.reevaluate();
         }
     }
 
     /// Stops counting `len` bytes.
     pub fn release(&self, len: u64) {
-        let used = self.used_bytes.fetch_sub(len, Ordering::AcqRel) - len;
-        if used < self.resume_bytes && self.alarmed.load(Ordering::Acquire) {
+        let used = self.used_bytes.fetch_sub(len, Ordering::SeqCst) - len;
+        if used < self.resume_bytes && self.alarmed.load(Ordering::SeqCst) {
             self.reevaluate();
         }
     }
 
     /// Sets the alarm from the count as it is now.
+    ///
+    /// `hold` and `release` look at `alarmed` without the lock, so one of them may skip calling
+    /// here just while another call is turning the alarm over (it saw the old state). After each
+    /// turn the count is therefore read again, and the state settled from that: with the
+    /// sequentially consistent orderings, either the skipping call saw the new state (and came
+    /// here itself) or this re-read sees its change. Without it the alarm could stay on with the
+    /// queues drained, and publishers blocked for good.
     fn reevaluate(&self) {
         let alarm = self.alarm.lock();
-        let used = self.used_bytes.load(Ordering::Acquire);
-        let on = if *alarm.borrow() {
-            used >= self.resume_bytes
-        } else {
-            used >= self.high_watermark_bytes
-        };
-        if alarm.send_if_modified(|state| std::mem::replace(state, on) != on) {
-            self.alarmed.store(on, Ordering::Release);
+        loop {
+            let used = self.used_bytes.load(Ordering::SeqCst);
+            let on = if *alarm.borrow() {
+                used >= self.resume_bytes
+            } else {
+                used >= self.high_watermark_bytes
+            };
+            if !alarm.send_if_modified(|state| std::mem::replace(state, on) != on) {
+                return;
+            }
+            self.alarmed.store(on, Ordering::SeqCst);
             if on {
                 tracing::warn!(
                     used_bytes = used,

@@ -65,4 +65,7 @@ mod vhost;
 pub use broker::{Broker, BrokerBuilder};
 pub use config::{Config, DEFAULT_QUEUE_MEMORY_BUDGET_BYTES, DEFAULT_TLS_PORT, TlsFiles, User};
 pub use error::Error;
+// For the binary's `ctl`, which requests paths of the management API.
+#[doc(hidden)]
+pub use management::encode_path_segment;
 pub use registry::ConnectionInfo;

@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Event};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// A real export from RabbitMQ 3.10.8 (`rabbitmqctl export_definitions`, cut down to one
@@ -335,6 +335,74 @@ async fn users_vhosts_permissions_and_messages_survive_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The listings across vhosts show a user the vhosts it has permissions on; the listings of
+/// one vhost refuse the others (401) and know no unknown one (404), as RabbitMQ's do.
+#[tokio::test]
+async fn listings_show_a_user_only_the_vhosts_it_may_use() {
+    let broker = management_broker().await;
+    let admin = Api::new(&broker, "guest", "guest");
+    assert_eq!(
+        admin.put("/api/vhosts/other", json!({})).await,
+        StatusCode::CREATED
+    );
+    for vhost in ["%2F", "other"] {
+        let q = format!("/api/queues/{vhost}/listed-q");
+        assert_eq!(admin.put(&q, json!({})).await, StatusCode::CREATED);
+        let x = format!("/api/exchanges/{vhost}/listed-x");
+        assert_eq!(admin.put(&x, json!({})).await, StatusCode::CREATED);
+    }
+    let user = json!({"password": "pw", "tags": "management"});
+    assert_eq!(
+        admin.put("/api/users/tenant", user).await,
+        StatusCode::CREATED
+    );
+    let perms = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(
+        admin.put("/api/permissions/other/tenant", perms).await,
+        StatusCode::CREATED
+    );
+
+    let tenant = Api::new(&broker, "tenant", "pw");
+    let vhosts_of = |rows: &Value, field: &str| -> Vec<String> {
+        let mut seen: Vec<String> = rows
+            .as_array()
+            .unwrap_or_else(|| panic!("a list: {rows}"))
+            .iter()
+            .map(|row| row[field].as_str().unwrap_or_default().to_owned())
+            .collect();
+        seen.dedup();
+        seen
+    };
+    for (path, field) in [
+        ("/api/vhosts", "name"),
+        ("/api/queues", "vhost"),
+        ("/api/exchanges", "vhost"),
+        ("/api/bindings", "vhost"),
+    ] {
+        let (status, rows) = tenant.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(vhosts_of(&rows, field), ["other"], "{path}");
+        let (_, all) = admin.get(path).await;
+        assert_eq!(vhosts_of(&all, field), ["/", "other"], "{path}");
+    }
+    for kind in ["queues", "exchanges", "bindings"] {
+        let (status, rows) = tenant.get(&format!("/api/{kind}/other")).await;
+        assert_eq!(status, StatusCode::OK, "{kind}");
+        assert_eq!(vhosts_of(&rows, "vhost"), ["other"], "{kind}");
+        let (status, body) = tenant.get(&format!("/api/{kind}/%2F")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{kind}");
+        assert_eq!(
+            body,
+            json!({"error": "not_authorised", "reason": "User not authorised to access virtual host"}),
+            "{kind}"
+        );
+        let (status, body) = tenant.get(&format!("/api/{kind}/nowhere")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{kind}");
+        assert_eq!(body["error"], "Object Not Found", "{kind}");
+    }
+    broker.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_api_needs_a_management_tag_and_its_access_routes_administrator() {
     let broker = management_broker().await;
@@ -355,18 +423,55 @@ async fn the_api_needs_a_management_tag_and_its_access_routes_administrator() {
 
     let watcher = Api::new(&broker, "watcher", "pw");
     assert_eq!(watcher.get("/api/overview").await.0, StatusCode::OK);
-    for path in ["/api/users", "/api/permissions", "/api/definitions"] {
-        let (status, body) = watcher.get(path).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    // Every route of the administrators' area refuses, whatever its method, and acts not.
+    let perms = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    let definitions = json!({"vhosts": [{"name": "imported"}]});
+    for (method, path, body) in [
+        (Method::GET, "/api/users", None),
+        (Method::GET, "/api/users/guest", None),
+        (
+            Method::PUT,
+            "/api/users/eve",
+            Some(json!({"password": "pw"})),
+        ),
+        (Method::DELETE, "/api/users/plain", None),
+        (Method::PUT, "/api/vhosts/x", Some(json!({}))),
+        (Method::DELETE, "/api/vhosts/%2F", None),
+        (Method::GET, "/api/permissions", None),
+        (Method::GET, "/api/permissions/%2F/guest", None),
+        (
+            Method::PUT,
+            "/api/permissions/%2F/watcher",
+            Some(perms.clone()),
+        ),
+        (Method::DELETE, "/api/permissions/%2F/guest", None),
+        (Method::GET, "/api/definitions", None),
+        (Method::POST, "/api/definitions", Some(definitions.clone())),
+        (Method::GET, "/api/definitions/%2F", None),
+        (
+            Method::POST,
+            "/api/definitions/%2F",
+            Some(definitions.clone()),
+        ),
+    ] {
+        let (status, body) = watcher.send(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
         assert_eq!(
             body,
-            json!({"error": "not_authorised", "reason": "Not administrator user"})
+            json!({"error": "not_authorised", "reason": "Not administrator user"}),
+            "{method} {path}"
         );
     }
-    assert_eq!(
-        watcher.put("/api/vhosts/x", json!({})).await,
-        StatusCode::UNAUTHORIZED
-    );
+    for (path, status) in [
+        ("/api/users/plain", StatusCode::OK),
+        ("/api/users/eve", StatusCode::NOT_FOUND),
+        ("/api/permissions/%2F/guest", StatusCode::OK),
+        ("/api/permissions/%2F/watcher", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(admin.get(path).await.0, status, "{path}");
+    }
+    let (_, vhosts) = admin.get("/api/vhosts").await;
+    assert_eq!(vhosts.as_array().map(Vec::len), Some(1), "{vhosts}");
     // A user without a management tag still uses AMQP (with a permission).
     let perms = json!({"configure": ".*", "write": ".*", "read": ".*"});
     assert_eq!(

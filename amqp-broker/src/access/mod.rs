@@ -343,20 +343,11 @@ impl Access {
     /// Everything as a RabbitMQ definitions document; with `only_vhost`, that vhost's
     /// exchanges, queues and bindings alone (RabbitMQ's per-vhost export).
     pub fn export(&self, only_vhost: Option<&str>) -> Document {
-        let mut doc = Document::versioned();
-        if only_vhost.is_none() {
-            doc.users = self.users();
-            doc.vhosts = self
-                .vhosts()
-                .iter()
-                .map(|v| VhostDef {
-                    name: v.name.clone(),
-                    metadata: None,
-                    limits: serde_json::json!([]),
-                })
-                .collect();
-            doc.permissions = self.permissions();
-        }
+        let mut doc = if only_vhost.is_none() {
+            self.access_document()
+        } else {
+            Document::versioned()
+        };
         for vhost in self.vhosts() {
             if only_vhost.is_some_and(|only| only != vhost.name) {
                 continue;
@@ -534,12 +525,9 @@ impl Access {
         Some(dir.join("vhosts").join(encoded.to_string()))
     }
 
-    /// Rewrites `access.json` (temp file, fsync, rename), when there is a data directory.
-    fn save(&self) -> Result<(), String> {
-        let Some(dir) = &self.data_dir else {
-            return Ok(());
-        };
-        let _saving = self.saving.lock();
+    /// The users, vhosts and permissions as a definitions document: what `access.json` holds,
+    /// and what a full export starts with.
+    fn access_document(&self) -> Document {
         let mut doc = Document::versioned();
         doc.users = self.users();
         doc.vhosts = self
@@ -552,6 +540,16 @@ impl Access {
             })
             .collect();
         doc.permissions = self.permissions();
+        doc
+    }
+
+    /// Rewrites `access.json` (temp file, fsync, rename), when there is a data directory.
+    fn save(&self) -> Result<(), String> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(());
+        };
+        let _saving = self.saving.lock();
+        let doc = self.access_document();
         let bytes = serde_json::to_vec_pretty(&doc).expect("definitions serialize");
         write_atomically(&dir.join(ACCESS_FILE), &bytes)
             .map_err(|e| format!("cannot write {}: {e}", dir.join(ACCESS_FILE).display()))

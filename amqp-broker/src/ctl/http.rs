@@ -131,18 +131,6 @@ fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Percent-encodes a path segment (a vhost `/` becomes `%2F`).
-pub fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,14 +150,12 @@ mod tests {
     }
 
     #[test]
-    fn urls_and_segments() {
+    fn urls() {
         assert!(Client::new("https://h:1", "u", "p").is_err());
         let c = Client::new("http://127.0.0.1:15672/", "u", "p").unwrap();
         assert_eq!(
             (c.authority.as_str(), c.prefix.as_str()),
             ("127.0.0.1:15672", "")
         );
-        assert_eq!(segment("/"), "%2F");
-        assert_eq!(segment("a b->c"), "a%20b-%3Ec");
     }
 }

@@ -12,7 +12,9 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
-use self::http::{Client, segment};
+use amqp_broker::encode_path_segment;
+
+use self::http::Client;
 
 /// Options of `amqp-broker ctl`.
 #[derive(Debug, Args)]
@@ -74,7 +76,7 @@ impl Ctl {
     /// Runs the command; an error says what went wrong (the API's reason included).
     pub async fn run(self) -> anyhow::Result<()> {
         let client = Client::new(&self.url, &self.user, &self.password)?;
-        let vhost = segment(&self.vhost);
+        let vhost = encode_path_segment(&self.vhost);
         match &self.command {
             Command::ListQueues { columns } => {
                 eprintln!("Listing queues for vhost {} ...", self.vhost);
@@ -111,14 +113,14 @@ impl Ctl {
             }
             Command::CloseConnection { name, reason } => {
                 eprintln!("Closing connection {name} ...");
-                let path = format!("/api/connections/{}", segment(name));
+                let path = format!("/api/connections/{}", encode_path_segment(name));
                 // Without a reason the broker says "Closed via management plugin".
                 let headers: Vec<_> = reason.iter().map(|r| ("X-Reason", r.as_str())).collect();
                 call(&client, "DELETE", &path, &headers).await?;
             }
             Command::PurgeQueue { name } => {
                 eprintln!("Purging queue '{name}' in vhost '{}' ...", self.vhost);
-                let path = format!("/api/queues/{vhost}/{}/contents", segment(name));
+                let path = format!("/api/queues/{vhost}/{}/contents", encode_path_segment(name));
                 call(&client, "DELETE", &path, &[]).await?;
             }
             Command::DeleteQueue {
@@ -129,7 +131,7 @@ impl Ctl {
                 eprintln!("Deleting queue '{name}' on vhost '{}' ...", self.vhost);
                 let path = format!(
                     "/api/queues/{vhost}/{}?if-empty={if_empty}&if-unused={if_unused}",
-                    segment(name)
+                    encode_path_segment(name)
                 );
                 call(&client, "DELETE", &path, &[]).await?;
             }

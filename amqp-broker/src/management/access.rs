@@ -8,14 +8,17 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{AuthUser, Shared, error, not_authorised};
+use super::{
+    ApiError, AuthUser, Shared, bad_request, created_or_no_content, not_authorised, not_found,
+};
 use crate::access::UserRecord;
 use crate::access::definitions::{Document, Tags};
 use crate::access::password::PasswordHash;
@@ -44,66 +47,28 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             "/api/definitions/{vhost}",
             get(export_vhost).post(import_vhost),
         )
+        .route_layer(middleware::from_fn(require_administrator))
+}
+
+/// RabbitMQ's administrator check, in front of every route here (behind the API's
+/// authentication, which put the [`AuthUser`] in the request): 401 "Not administrator user"
+/// otherwise, before the path or body is read.
+async fn require_administrator(req: Request, next: Next) -> Response {
+    let administrator = req
+        .extensions()
+        .get::<AuthUser>()
+        .is_some_and(|user| user.administrator);
+    if !administrator {
+        return not_authorised("Not administrator user");
+    }
+    next.run(req).await
 }
 
 /// What a handler answers: the response, or an error in RabbitMQ's shape.
 type Answer = Result<Response, ApiError>;
 
-/// A refusal: its status, RabbitMQ's `error` word and the `reason`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    error: &'static str,
-    reason: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if self.status == StatusCode::UNAUTHORIZED {
-            return not_authorised(&self.reason);
-        }
-        error(self.status, self.error, &self.reason)
-    }
-}
-
-/// RabbitMQ's administrator check.
-fn administrator(user: &AuthUser) -> Result<(), ApiError> {
-    if user.administrator {
-        Ok(())
-    } else {
-        Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            error: "not_authorised",
-            reason: "Not administrator user".to_owned(),
-        })
-    }
-}
-
-fn not_found() -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        error: "Object Not Found",
-        reason: "Not Found".to_owned(),
-    }
-}
-
-fn bad_request(reason: impl std::fmt::Display) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        error: "bad_request",
-        reason: reason.to_string(),
-    }
-}
-
-/// 201 for something new, 204 for something replaced.
-fn created_or_replaced(created: bool) -> Response {
-    if created {
-        StatusCode::CREATED.into_response()
-    } else {
-        StatusCode::NO_CONTENT.into_response()
-    }
-}
-
+/// What a `DELETE` answers from the registry's outcome: 204 when the object existed and is
+/// gone, 404 when there was none, 400 with the reason it could not be deleted.
 fn deleted(existed: Result<bool, String>) -> Answer {
     match existed {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -121,31 +86,24 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, ApiError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        error: "internal_error",
-        reason: e.to_string(),
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            &e.to_string(),
+        )
     })
 }
 
 // ----- users -----
 
 /// `GET /api/users`.
-async fn list_users(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-) -> Answer {
-    administrator(&me)?;
+async fn list_users(State(shared): State<Arc<Shared>>) -> Answer {
     Ok(Json(shared.access.users()).into_response())
 }
 
 /// `GET /api/users/{name}`.
-async fn get_user(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-    Path(name): Path<String>,
-) -> Answer {
-    administrator(&me)?;
+async fn get_user(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
     let user = shared
         .access
         .users()
@@ -169,11 +127,9 @@ struct UserBody {
 /// `PUT /api/users/{name}`.
 async fn put_user(
     State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Answer {
-    administrator(&me)?;
     let b: UserBody = body(&bytes)?;
     let hash = match (b.password, b.password_hash) {
         (Some(password), None) => PasswordHash::new(&password),
@@ -199,16 +155,11 @@ async fn put_user(
         tags: b.tags.0,
     };
     shared.access.put_user(&name, record).map_err(bad_request)?;
-    Ok(created_or_replaced(created))
+    Ok(created_or_no_content(created).into_response())
 }
 
 /// `DELETE /api/users/{name}`: the user's connections are closed, as RabbitMQ closes them.
-async fn delete_user(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-    Path(name): Path<String>,
-) -> Answer {
-    administrator(&me)?;
+async fn delete_user(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
     let existed = shared.access.delete_user(&name);
     if existed == Ok(true) {
         let _closed = shared.registry.close_where(|c| c.user == name);
@@ -219,26 +170,16 @@ async fn delete_user(
 // ----- vhosts -----
 
 /// `PUT /api/vhosts/{name}` (the body, RabbitMQ's description and tags, is not kept).
-async fn put_vhost(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-    Path(name): Path<String>,
-) -> Answer {
-    administrator(&me)?;
+async fn put_vhost(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
     let access = shared.access.clone();
     let created = blocking(move || access.add_vhost(&name))
         .await?
         .map_err(bad_request)?;
-    Ok(created_or_replaced(created))
+    Ok(created_or_no_content(created).into_response())
 }
 
 /// `DELETE /api/vhosts/{name}`: its connections are closed, its queues and messages deleted.
-async fn delete_vhost(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-    Path(name): Path<String>,
-) -> Answer {
-    administrator(&me)?;
+async fn delete_vhost(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
     let access = shared.access.clone();
     let vhost = name.clone();
     let existed = blocking(move || access.delete_vhost(&vhost)).await?;
@@ -251,21 +192,15 @@ async fn delete_vhost(
 // ----- permissions -----
 
 /// `GET /api/permissions`.
-async fn list_permissions(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-) -> Answer {
-    administrator(&me)?;
+async fn list_permissions(State(shared): State<Arc<Shared>>) -> Answer {
     Ok(Json(shared.access.permissions()).into_response())
 }
 
 /// `GET /api/permissions/{vhost}/{user}`.
 async fn get_permission(
     State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
     Path((vhost, user)): Path<(String, String)>,
 ) -> Answer {
-    administrator(&me)?;
     let permission = shared
         .access
         .permissions()
@@ -285,11 +220,9 @@ struct PermissionBody {
 /// `PUT /api/permissions/{vhost}/{user}`.
 async fn put_permission(
     State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
     Path((vhost, user)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Answer {
-    administrator(&me)?;
     let b: PermissionBody = body(&bytes)?;
     let permission = Permission::new(&b.configure, &b.write, &b.read).map_err(bad_request)?;
     let created = shared.access.permission(&vhost, &user).is_none();
@@ -297,37 +230,26 @@ async fn put_permission(
         .access
         .set_permission(&vhost, &user, permission)
         .map_err(bad_request)?;
-    Ok(created_or_replaced(created))
+    Ok(created_or_no_content(created).into_response())
 }
 
 /// `DELETE /api/permissions/{vhost}/{user}`.
 async fn delete_permission(
     State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
     Path((vhost, user)): Path<(String, String)>,
 ) -> Answer {
-    administrator(&me)?;
     deleted(shared.access.clear_permission(&vhost, &user))
 }
 
 // ----- definitions -----
 
 /// `GET /api/definitions`: everything, as `rabbitmqctl export_definitions` writes it.
-async fn export_all(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-) -> Answer {
-    administrator(&me)?;
+async fn export_all(State(shared): State<Arc<Shared>>) -> Answer {
     Ok(Json(shared.access.export(None)).into_response())
 }
 
 /// `GET /api/definitions/{vhost}`: one vhost's exchanges, queues and bindings.
-async fn export_vhost(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-    Path(vhost): Path<String>,
-) -> Answer {
-    administrator(&me)?;
+async fn export_vhost(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> Answer {
     if shared.access.vhost(&vhost).is_none() {
         return Err(not_found());
     }
@@ -335,23 +257,16 @@ async fn export_vhost(
 }
 
 /// `POST /api/definitions`: imports a definitions document.
-async fn import_all(
-    State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
-    bytes: Bytes,
-) -> Answer {
-    administrator(&me)?;
+async fn import_all(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Answer {
     import(shared, None, bytes).await
 }
 
 /// `POST /api/definitions/{vhost}`: imports exchanges, queues and bindings into one vhost.
 async fn import_vhost(
     State(shared): State<Arc<Shared>>,
-    Extension(me): Extension<AuthUser>,
     Path(vhost): Path<String>,
     bytes: Bytes,
 ) -> Answer {
-    administrator(&me)?;
     if shared.access.vhost(&vhost).is_none() {
         return Err(not_found());
     }

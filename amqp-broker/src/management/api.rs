@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::{AuthUser, NODE, Shared};
+use super::{AuthUser, NODE, Shared, list_in_visible_vhosts};
 use crate::metrics::QueueStats;
 use crate::vhost::Vhost;
 
@@ -17,7 +17,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
-        .route("/api/vhosts", get(vhosts))
+        .route("/api/vhosts", list_in_visible_vhosts(vhost_row))
 }
 
 /// Ready and unacknowledged messages of a vhost's queues.
@@ -108,28 +108,17 @@ async fn whoami(Extension(user): Extension<AuthUser>) -> Json<Value> {
     Json(json!({ "name": user.name }))
 }
 
-/// `GET /api/vhosts`: the vhosts the user may see, with their message totals.
-async fn vhosts(
-    State(shared): State<Arc<Shared>>,
-    Extension(user): Extension<AuthUser>,
-) -> Json<Vec<Value>> {
-    Json(
-        shared
-            .vhosts_for(&user)
-            .iter()
-            .map(|v| {
-                let t = Totals::of(v);
-                json!({
-                    "name": v.name,
-                    "description": "",
-                    "tags": [],
-                    "tracing": false,
-                    "messages": t.ready + t.unacked,
-                    "messages_ready": t.ready,
-                    "messages_unacknowledged": t.unacked,
-                    "message_stats": shared.rates.message_stats(&format!("vhost:{}", v.name), v.stats()),
-                })
-            })
-            .collect(),
-    )
+/// A vhost's row in `GET /api/vhosts` (the vhosts the user may see), with its message totals.
+fn vhost_row(shared: &Shared, v: &Vhost) -> Vec<Value> {
+    let t = Totals::of(v);
+    vec![json!({
+        "name": v.name,
+        "description": "",
+        "tags": [],
+        "tracing": false,
+        "messages": t.ready + t.unacked,
+        "messages_ready": t.ready,
+        "messages_unacknowledged": t.unacked,
+        "message_stats": shared.rates.message_stats(&format!("vhost:{}", v.name), v.stats()),
+    })]
 }

@@ -17,18 +17,19 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::queues::{OPERATOR, flag};
+use super::queues::OPERATOR;
 use super::{
-    ApiError, AuthUser, Shared, amqp_error, bad_request, channel_error, json, not_found,
-    object_body, query_flag, require_keys,
+    ApiError, AuthUser, Shared, amqp_error, arguments_field, bad_request, bool_field,
+    channel_error, created_or_no_content, encode_path_segment, json, list_in_vhost,
+    list_in_visible_vhosts, not_found, object_body, query_flag, require_keys, string_field_or,
 };
 use crate::exchange::{Binding, Destination};
 use crate::vhost::{ExchangeFlags, ExchangeSnapshot, Published, Vhost};
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
-        .route("/api/exchanges", get(list_all))
-        .route("/api/exchanges/{vhost}", get(list_vhost))
+        .route("/api/exchanges", list_in_visible_vhosts(vhost_exchanges))
+        .route("/api/exchanges/{vhost}", list_in_vhost(vhost_exchanges))
         .route(
             "/api/exchanges/{vhost}/{name}",
             get(show).put(declare).delete(delete),
@@ -42,8 +43,14 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             "/api/exchanges/{vhost}/{name}/bindings/destination",
             get(bindings_destination),
         )
-        .route("/api/bindings", get(bindings_all))
-        .route("/api/bindings/{vhost}", get(bindings_vhost))
+        .route(
+            "/api/bindings",
+            list_in_visible_vhosts(|_, v| vhost_bindings(v)),
+        )
+        .route(
+            "/api/bindings/{vhost}",
+            list_in_vhost(|_, v| vhost_bindings(v)),
+        )
         .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
             get(bindings_between).post(bind),
@@ -73,18 +80,6 @@ fn exchange_json(vhost: &str, x: &ExchangeSnapshot) -> Value {
         "internal": x.internal,
         "arguments": json::table(&x.arguments),
     })
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A routing key or hash as RabbitMQ quotes it in a `properties_key`: letters, digits and
@@ -187,38 +182,13 @@ pub(super) fn default_binding_json(vhost: &str, queue: &str) -> Value {
     })
 }
 
-/// `GET /api/exchanges`.
-async fn list_all(
-    State(shared): State<Arc<Shared>>,
-    Extension(user): Extension<AuthUser>,
-) -> Json<Vec<Value>> {
-    Json(
-        shared
-            .vhosts_for(&user)
-            .iter()
-            .flat_map(|v| {
-                v.exchanges()
-                    .iter()
-                    .map(|x| exchange_json(&v.name, x))
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-    )
-}
-
-/// `GET /api/exchanges/{vhost}`.
-async fn list_vhost(
-    State(shared): State<Arc<Shared>>,
-    Extension(user): Extension<AuthUser>,
-    Path(vhost): Path<String>,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    let v = shared.vhost_for(&user, &vhost)?;
-    Ok(Json(
-        v.exchanges()
-            .iter()
-            .map(|x| exchange_json(&v.name, x))
-            .collect(),
-    ))
+/// A vhost's exchanges, as `GET /api/exchanges[/{vhost}]` lists them.
+fn vhost_exchanges(_: &Shared, vhost: &Vhost) -> Vec<Value> {
+    vhost
+        .exchanges()
+        .iter()
+        .map(|x| exchange_json(&vhost.name, x))
+        .collect()
 }
 
 fn find_exchange(vhost: &Vhost, segment: &str) -> Result<ExchangeSnapshot, ApiError> {
@@ -252,18 +222,13 @@ async fn declare(
 ) -> Result<StatusCode, ApiError> {
     let v = shared.vhost_for(&user, &vhost)?;
     let body = object_body(&body)?;
-    let kind = match body.get("type") {
-        None | Some(Value::Null) => "direct",
-        Some(Value::String(kind)) => kind.as_str(),
-        Some(_) => return Err(bad_request("type must be a string")),
-    };
+    let kind = string_field_or(&body, "type", "direct")?;
     let flags = ExchangeFlags {
-        durable: flag(&body, "durable", false)?,
-        auto_delete: flag(&body, "auto_delete", false)?,
-        internal: flag(&body, "internal", false)?,
+        durable: bool_field(&body, "durable", false)?,
+        auto_delete: bool_field(&body, "auto_delete", false)?,
+        internal: bool_field(&body, "internal", false)?,
     };
-    let arguments = json::to_table(body.get("arguments").unwrap_or(&Value::Null), "arguments")
-        .map_err(bad_request)?;
+    let arguments = arguments_field(&body)?;
     let name = exchange_name(&name);
     if name.len() > 255 {
         return Err(bad_request("exchange names are at most 255 bytes"));
@@ -271,11 +236,7 @@ async fn declare(
     let existed = v.exchanges().iter().any(|x| x.name == name);
     v.declare_exchange(&ShortString::from(name), kind, false, flags, &arguments)
         .map_err(amqp_error)?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(created_or_no_content(!existed))
 }
 
 /// `DELETE /api/exchanges/{vhost}/{name}[?if-unused=true]`.
@@ -353,7 +314,8 @@ async fn publish(
     }
 }
 
-/// Every binding in `vhost`, the default exchange's implicit ones first (as RabbitMQ lists).
+/// Every binding in `vhost`, the default exchange's implicit ones first (as RabbitMQ lists),
+/// as `GET /api/bindings[/{vhost}]` lists them.
 fn vhost_bindings(vhost: &Vhost) -> Vec<Value> {
     let mut out: Vec<Value> = vhost
         .queues()
@@ -370,28 +332,16 @@ fn vhost_bindings(vhost: &Vhost) -> Vec<Value> {
     out
 }
 
-/// `GET /api/bindings`.
-async fn bindings_all(
-    State(shared): State<Arc<Shared>>,
-    Extension(user): Extension<AuthUser>,
-) -> Json<Vec<Value>> {
-    Json(
-        shared
-            .vhosts_for(&user)
-            .iter()
-            .flat_map(|v| vhost_bindings(v))
-            .collect(),
-    )
-}
-
-/// `GET /api/bindings/{vhost}`.
-async fn bindings_vhost(
-    State(shared): State<Arc<Shared>>,
-    Extension(user): Extension<AuthUser>,
-    Path(vhost): Path<String>,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    let v = shared.vhost_for(&user, &vhost)?;
-    Ok(Json(vhost_bindings(&v)))
+/// The explicit bindings in `vhost` (the default exchange's implicit ones aside) whose
+/// destination is `destination`, in exchange order.
+pub(super) fn bindings_to(vhost: &Vhost, destination: &Destination) -> Vec<Value> {
+    let mut out = Vec::new();
+    for x in vhost.exchanges() {
+        for b in x.bindings.iter().filter(|b| b.destination == *destination) {
+            out.push(binding_json(&vhost.name, &x.name, b));
+        }
+    }
+    out
 }
 
 /// `GET /api/exchanges/{vhost}/{name}/bindings/source`: bindings from this exchange.
@@ -419,13 +369,7 @@ async fn bindings_destination(
     let v = shared.vhost_for(&user, &vhost)?;
     let target = find_exchange(&v, &name)?;
     let destination = Destination::Exchange(ShortString::from(target.name));
-    let mut out = Vec::new();
-    for x in v.exchanges() {
-        for b in x.bindings.iter().filter(|b| b.destination == destination) {
-            out.push(binding_json(&v.name, &x.name, b));
-        }
-    }
-    Ok(Json(out))
+    Ok(Json(bindings_to(&v, &destination)))
 }
 
 /// The source exchange and destination a `/api/bindings/{vhost}/e/{source}/{q|e}/{dest}`
@@ -474,16 +418,11 @@ async fn bind(
 ) -> Result<Response, ApiError> {
     let (v, x, destination) = binding_ends(&shared, &user, &path)?;
     let body = object_body(&body)?;
-    let routing_key = match body.get("routing_key") {
-        None | Some(Value::Null) => "",
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(bad_request("routing_key must be a string")),
-    };
+    let routing_key = string_field_or(&body, "routing_key", "")?;
     if routing_key.len() > 255 {
         return Err(bad_request("routing_key is at most 255 bytes"));
     }
-    let arguments = json::to_table(body.get("arguments").unwrap_or(&Value::Null), "arguments")
-        .map_err(bad_request)?;
+    let arguments = arguments_field(&body)?;
     let binding = Binding {
         destination,
         routing_key: ShortString::from(routing_key),
@@ -501,9 +440,9 @@ async fn bind(
     let (vhost, source, kind, dest) = &path;
     let location = format!(
         "/api/bindings/{}/e/{}/{kind}/{}/{}",
-        percent_encode(vhost),
-        percent_encode(source),
-        percent_encode(dest),
+        encode_path_segment(vhost),
+        encode_path_segment(source),
+        encode_path_segment(dest),
         properties_key(&binding)
     );
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())

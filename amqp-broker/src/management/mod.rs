@@ -32,12 +32,15 @@ mod stats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use amq_protocol::types::FieldTable;
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -279,7 +282,7 @@ pub(crate) fn channel_error(e: AmqpError) -> ApiError {
 
 /// 400 naming the keys a body lacks, in RabbitMQ's words (`[{key_missing,payload}]`), or
 /// `Ok` when it has them all.
-pub(crate) fn require_keys(body: &serde_json::Value, keys: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn require_keys(body: &Value, keys: &[&str]) -> Result<(), ApiError> {
     let missing: Vec<String> = keys
         .iter()
         .filter(|k| body.get(**k).is_none())
@@ -293,14 +296,52 @@ pub(crate) fn require_keys(body: &serde_json::Value, keys: &[&str]) -> Result<()
 
 /// A request body that must be a JSON object: empty or `null` is `{}` (RabbitMQ takes it as
 /// "all defaults"); anything else that is not an object is 400 `not_json`, as there.
-pub(crate) fn object_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+pub(crate) fn object_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::json!({}));
     }
     match serde_json::from_slice(body) {
-        Ok(serde_json::Value::Null) => Ok(serde_json::json!({})),
-        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(Value::Null) => Ok(serde_json::json!({})),
+        Ok(v @ Value::Object(_)) => Ok(v),
         _ => Err(bad_request("not_json")),
+    }
+}
+
+/// A boolean field of a request body, with its default when absent or `null`.
+pub(crate) fn bool_field(body: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad_request(format_args!("{key} must be true or false"))),
+    }
+}
+
+/// A string field of a request body, with its default when absent or `null`.
+pub(crate) fn string_field_or<'a>(
+    body: &'a Value,
+    key: &str,
+    default: &'a str,
+) -> Result<&'a str, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => Ok(s.as_str()),
+        Some(_) => Err(bad_request(format_args!("{key} must be a string"))),
+    }
+}
+
+/// The `arguments` object of a declaration or binding body as a field table (none when
+/// absent or `null`), or 400 when it is not an object.
+pub(crate) fn arguments_field(body: &Value) -> Result<FieldTable, ApiError> {
+    json::to_table(body.get("arguments").unwrap_or(&Value::Null), "arguments").map_err(bad_request)
+}
+
+/// 201 when a `PUT` created the object, 204 when it already existed (replaced, or found
+/// equivalent), as RabbitMQ answers.
+pub(crate) fn created_or_no_content(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
     }
 }
 
@@ -310,6 +351,53 @@ pub(crate) fn query_flag(query: Option<&str>, key: &str) -> bool {
         .unwrap_or_default()
         .split('&')
         .any(|pair| pair.split_once('=') == Some((key, "true")))
+}
+
+/// One vhost's objects of a kind as RabbitMQ's JSON rows (in the order a listing shows them).
+pub(crate) type VhostRows = fn(&Shared, &Vhost) -> Vec<Value>;
+
+/// The `GET` listing of a kind of object across vhosts (`/api/queues`): the `rows` of every
+/// vhost the user may see, in vhost name order.
+pub(crate) fn list_in_visible_vhosts(rows: VhostRows) -> MethodRouter<Arc<Shared>> {
+    get(
+        move |State(shared): State<Arc<Shared>>, Extension(user): Extension<AuthUser>| async move {
+            let vhosts = shared.vhosts_for(&user);
+            Json(
+                vhosts
+                    .iter()
+                    .flat_map(|v| rows(&shared, v))
+                    .collect::<Vec<_>>(),
+            )
+        },
+    )
+}
+
+/// The `GET` listing of a kind of object in one vhost (`/api/queues/{vhost}`): that vhost's
+/// `rows`, or 404 / 401 as [`Shared::vhost_for`] answers.
+pub(crate) fn list_in_vhost(rows: VhostRows) -> MethodRouter<Arc<Shared>> {
+    get(
+        move |State(shared): State<Arc<Shared>>,
+              Extension(user): Extension<AuthUser>,
+              Path(vhost): Path<String>| async move {
+            let v = shared.vhost_for(&user, &vhost)?;
+            Ok::<_, ApiError>(Json(rows(&shared, &v)))
+        },
+    )
+}
+
+/// What a path segment percent-encodes: every byte but RFC 3986's unreserved characters
+/// (letters, digits, `-._~`).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a name for a path segment of this API (the vhost `/` becomes `%2F`): the
+/// `Location` of a new binding, and the paths `amqp-broker ctl` requests (re-exported for the
+/// binary, not part of the library's API).
+pub fn encode_path_segment(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, PATH_SEGMENT).to_string()
 }
 
 /// The node name reported in `node` fields (RabbitMQ's `rabbit@host`).
@@ -322,4 +410,17 @@ pub(crate) fn error(status: StatusCode, error: &str, reason: &str) -> Response {
         axum::Json(serde_json::json!({ "error": error, "reason": reason })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_encode_all_but_unreserved_characters() {
+        assert_eq!(encode_path_segment("/"), "%2F");
+        assert_eq!(encode_path_segment("a b->c"), "a%20b-%3Ec");
+        assert_eq!(encode_path_segment("AZaz09-._~"), "AZaz09-._~");
+        assert_eq!(encode_path_segment("é+%"), "%C3%A9%2B%25");
+    }
 }

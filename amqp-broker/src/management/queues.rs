@@ -13,12 +13,14 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::exchanges::binding_json;
+use super::exchanges::{bindings_to, default_binding_json};
 use super::{
-    ApiError, AuthUser, NODE, Shared, amqp_error, bad_request, channel_error, json, not_found,
+    ApiError, AuthUser, NODE, Shared, amqp_error, arguments_field, bad_request, bool_field,
+    channel_error, created_or_no_content, json, list_in_vhost, list_in_visible_vhosts, not_found,
     object_body, query_flag, require_keys,
 };
 use crate::dead_letter::Reason;
+use crate::exchange::Destination;
 use crate::queue::Queue;
 use crate::vhost::{QueueFlags, Vhost};
 
@@ -28,8 +30,8 @@ pub(super) const OPERATOR: crate::queue::ConnId = 0;
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
-        .route("/api/queues", get(list_all))
-        .route("/api/queues/{vhost}", get(list_vhost))
+        .route("/api/queues", list_in_visible_vhosts(vhost_queues))
+        .route("/api/queues/{vhost}", list_in_vhost(vhost_queues))
         .route(
             "/api/queues/{vhost}/{name}",
             get(show).put(declare).delete(delete),
@@ -66,36 +68,13 @@ fn queue_json(shared: &Shared, vhost: &str, q: &Queue) -> Value {
     })
 }
 
+/// A vhost's queues, as `GET /api/queues[/{vhost}]` lists them.
 fn vhost_queues(shared: &Shared, vhost: &Vhost) -> Vec<Value> {
     vhost
         .queues()
         .iter()
         .map(|q| queue_json(shared, &vhost.name, q))
         .collect()
-}
-
-/// `GET /api/queues`: every queue the user may see.
-async fn list_all(
-    State(shared): State<Arc<Shared>>,
-    Extension(user): Extension<AuthUser>,
-) -> Json<Vec<Value>> {
-    Json(
-        shared
-            .vhosts_for(&user)
-            .iter()
-            .flat_map(|v| vhost_queues(&shared, v))
-            .collect(),
-    )
-}
-
-/// `GET /api/queues/{vhost}`.
-async fn list_vhost(
-    State(shared): State<Arc<Shared>>,
-    Extension(user): Extension<AuthUser>,
-    Path(vhost): Path<String>,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    let vhost = shared.vhost_for(&user, &vhost)?;
-    Ok(Json(vhost_queues(&shared, &vhost)))
 }
 
 /// The vhost and the queue a path names (404 if either is missing).
@@ -120,15 +99,6 @@ async fn show(
     Ok(Json(queue_json(&shared, &vhost.name, &q)))
 }
 
-/// A boolean field of a request body, with its default when absent.
-pub(super) fn flag(body: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(bad_request(format_args!("{key} must be true or false"))),
-    }
-}
-
 /// `PUT /api/queues/{vhost}/{name}` with `{"durable", "auto_delete", "arguments"}` (all
 /// optional, defaulting as in `queue.declare`: not durable): 201 when created, 204 when an
 /// equivalent queue exists, 400 when it is not equivalent.
@@ -141,12 +111,11 @@ async fn declare(
     let vhost = shared.vhost_for(&user, &vhost)?;
     let body = object_body(&body)?;
     let flags = QueueFlags {
-        durable: flag(&body, "durable", false)?,
+        durable: bool_field(&body, "durable", false)?,
         exclusive: false,
-        auto_delete: flag(&body, "auto_delete", false)?,
+        auto_delete: bool_field(&body, "auto_delete", false)?,
     };
-    let arguments = json::to_table(body.get("arguments").unwrap_or(&Value::Null), "arguments")
-        .map_err(bad_request)?;
+    let arguments = arguments_field(&body)?;
     if name.is_empty() || name.len() > 255 {
         return Err(bad_request("queue names are 1 to 255 bytes"));
     }
@@ -154,11 +123,7 @@ async fn declare(
     vhost
         .declare_queue(&ShortString::from(name), false, flags, &arguments, OPERATOR)
         .map_err(amqp_error)?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(created_or_no_content(!existed))
 }
 
 /// `DELETE /api/queues/{vhost}/{name}[?if-empty=true][&if-unused=true]`: 204, or 400 when a
@@ -314,15 +279,7 @@ async fn bindings(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let (vhost, q) = find(&shared, &user, &vhost, &name)?;
-    let destination = crate::exchange::Destination::Queue(q.name.clone());
-    let mut out = vec![super::exchanges::default_binding_json(
-        &vhost.name,
-        q.name.as_str(),
-    )];
-    for x in vhost.exchanges() {
-        for b in x.bindings.iter().filter(|b| b.destination == destination) {
-            out.push(binding_json(&vhost.name, &x.name, b));
-        }
-    }
+    let mut out = vec![default_binding_json(&vhost.name, q.name.as_str())];
+    out.extend(bindings_to(&vhost, &Destination::Queue(q.name.clone())));
     Ok(Json(out))
 }

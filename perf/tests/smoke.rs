@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+/// The bundled broker on a free port.
+async fn broker() -> amqp_broker::Broker {
+    amqp_broker::Broker::builder()
+        .port(0)
+        .start()
+        .await
+        .expect("broker")
+}
+
 async fn amqp_perf(args: &[&str]) -> Output {
     let run = Command::new(env!("CARGO_BIN_EXE_amqp-perf"))
         .args(args)
@@ -20,11 +29,7 @@ async fn amqp_perf(args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_run_publishes_consumes_and_reports_json() {
-    let broker = amqp_broker::Broker::builder()
-        .port(0)
-        .start()
-        .await
-        .expect("broker");
+    let broker = broker().await;
     let url = broker.amqp_url();
     let out = amqp_perf(&[
         "run", "--client", "lapin", "--uri", &url, "-z", "1", "-x", "1", "-y", "1", "-s", "64",
@@ -69,11 +74,7 @@ async fn a_one_second_run_publishes_consumes_and_reports_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_table_names_every_figure_and_idle_connections_are_held() {
-    let broker = amqp_broker::Broker::builder()
-        .port(0)
-        .start()
-        .await
-        .expect("broker");
+    let broker = broker().await;
     let out = amqp_perf(&[
         "run",
         "--uri",
@@ -138,11 +139,7 @@ async fn compare_refuses_an_unknown_scenario() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_raw_client_is_the_default_and_publishes_with_confirms_and_consumes_split_bodies() {
-    let broker = amqp_broker::Broker::builder()
-        .port(0)
-        .start()
-        .await
-        .expect("broker");
+    let broker = broker().await;
     // frame_max 4096 with 10 KB bodies: every message is three body frames each way.
     let uri = format!("{}?frame_max=4096", broker.amqp_url());
     let out = amqp_perf(&[
@@ -183,11 +180,7 @@ async fn the_raw_client_is_the_default_and_publishes_with_confirms_and_consumes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_consumer_whose_queue_is_deleted_ends_the_run_with_an_error() {
     use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-    let broker = amqp_broker::Broker::builder()
-        .port(0)
-        .start()
-        .await
-        .expect("broker");
+    let broker = broker().await;
     let url = broker.amqp_url();
     let queue = "amqp-perf-smoke-cancel";
     let run = Command::new(env!("CARGO_BIN_EXE_amqp-perf"))

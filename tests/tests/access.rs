@@ -570,6 +570,11 @@ async fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Held by each test that changes RabbitMQ's definitions: RabbitMQ 3.10's `export_definitions`
+/// fails (`badarg` in `rabbit_definitions:runtime_parameter_definition`) while another import
+/// creates or deletes a vhost, so these tests take turns.
+static RABBITMQ_DEFINITIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The RabbitMQ node's `host:port`, when the RabbitMQ leg is asked for.
 fn rabbitmq_addr() -> Option<String> {
     let url = std::env::var(tests::RABBITMQ_URL_VAR)
@@ -593,6 +598,7 @@ async fn permissions_rabbitmq() {
         );
         return;
     };
+    let _turn = RABBITMQ_DEFINITIONS.lock().await;
     let f = Fixture::new();
     let file = std::env::temp_dir().join(format!("{}.json", unique("access-defs")));
     std::fs::write(&file, serde_json::to_vec(&f.definitions()).unwrap()).unwrap();
@@ -849,6 +855,7 @@ async fn definitions_round_trip_rabbitmq() {
         );
         return;
     };
+    let _turn = RABBITMQ_DEFINITIONS.lock().await;
     let f = Fixture::new();
     let broker = amqp_broker::Broker::builder()
         .port(0)

@@ -74,7 +74,7 @@ impl TestBroker {
         .await;
         match probe {
             Ok(Ok(conn)) => {
-                let _ = conn.close(200, "probe".into()).await;
+                close_quietly(&conn, "probe").await;
             }
             Ok(Err(e)) => panic!("{RABBITMQ_URL_VAR}={url} is set but RabbitMQ refused: {e}"),
             Err(_) => panic!("{RABBITMQ_URL_VAR}={url} is set but RabbitMQ did not answer in 10 s"),
@@ -181,6 +181,17 @@ impl TestBroker {
             broker.shutdown().await.expect("orderly shutdown");
         }
     }
+}
+
+/// Closes a test's own connection when the test is done with it, waiting at most 5 s for
+/// `connection.close-ok`: a clean-up close whose answer never comes (lapin's close can wait for
+/// good once its I/O loop has ended) must not hang the suite. The outcome is not asserted.
+pub async fn close_quietly(conn: &lapin::Connection, reason: &str) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.close(200, reason.into()),
+    )
+    .await;
 }
 
 /// A name unique to this run and this call: `PREFIX.PID.N.NANOS`.

@@ -493,7 +493,7 @@ async fn permission_expectations(f: &Fixture, addr: &str) {
             .await
     })
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    tests::close_quietly(&conn, "done").await;
 }
 
 /// connection.open to a vhost the user has no permission on, and to one that does not exist:
@@ -661,7 +661,7 @@ async fn guest_is_refused_from_a_non_loopback_address_bundled() {
     let conn = Connection::connect(&local, ConnectionProperties::default())
         .await
         .expect("guest from loopback");
-    let _ = conn.close(200, "done".into()).await;
+    tests::close_quietly(&conn, "done").await;
     broker.shutdown().await.unwrap();
 
     let open = amqp_broker::Broker::builder()
@@ -678,7 +678,7 @@ async fn guest_is_refused_from_a_non_loopback_address_bundled() {
     )
     .await
     .expect("guest from anywhere once loopback_users is empty");
-    let _ = conn.close(200, "done".into()).await;
+    tests::close_quietly(&conn, "done").await;
     open.shutdown().await.unwrap();
 }
 
@@ -801,7 +801,7 @@ async fn declare_topology(f: &Fixture, addr: &str) {
     )
     .await
     .unwrap();
-    let _ = conn.close(200, "done".into()).await;
+    tests::close_quietly(&conn, "done").await;
 }
 
 /// The topology of [`declare_topology`] routes as declared, for `f.user` on `addr`.
@@ -840,7 +840,7 @@ async fn assert_topology_routes(f: &Fixture, addr: &str) {
             "{queue}"
         );
     }
-    let _ = conn.close(200, "done".into()).await;
+    tests::close_quietly(&conn, "done").await;
 }
 
 /// Definitions exported by the bundled broker import into RabbitMQ (`rabbitmqctl

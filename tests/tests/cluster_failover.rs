@@ -217,7 +217,7 @@ async fn fresh_queue_led_by(url: &str, queue: &str) {
     ch.queue_declare(queue.into(), durable, args)
         .await
         .expect("declare the quorum queue");
-    let _ = conn.close(200, "declared".into()).await;
+    tests::close_quietly(&conn, "declared").await;
 }
 
 async fn delete_queue(url: &str, queue: &str) {
@@ -226,7 +226,7 @@ async fn delete_queue(url: &str, queue: &str) {
         if let Ok(ch) = conn.create_channel().await {
             let _ = ch.queue_delete(queue.into(), Default::default()).await;
         }
-        let _ = conn.close(200, "done".into()).await;
+        tests::close_quietly(&conn, "done").await;
     }
 }
 

@@ -29,7 +29,7 @@ async fn delete(b: &TestBroker, queues: &[&str]) {
             .await
             .expect("delete");
     }
-    let _ = conn.close(200, "done".into()).await;
+    tests::close_quietly(&conn, "done").await;
 }
 
 /// A quorum queue that is not durable, is exclusive or auto-delete, and a delivery limit without

@@ -229,7 +229,7 @@ async fn delete(b: &TestBroker, queues: &[&str], exchanges: &[&str]) {
         )
         .await;
     }
-    let _ = conn.close(200, "done".into()).await;
+    tests::close_quietly(&conn, "done").await;
 }
 
 /// The notes a listener received, in a set (deliveries may come in any order).
